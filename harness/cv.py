@@ -1,0 +1,213 @@
+"""The cross-validation runner: one command's flow, from config to submission.
+
+For each fold the family is trained on the other folds, predicts its validation fold (out-of-fold,
+OOF) and the test set. The OOF predictions give the CV score; the fold models' test predictions,
+averaged, give the submission. Everything is logged to one MLflow parent run with a nested run
+per fold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from harness import plots
+from harness.config import RunConfig, build, flatten, merge
+from harness.data import Dataset, get_dataset_spec, load_dataset
+from harness.errors import HarnessError
+from harness.folds import get_folds
+from harness.io import atomic_write
+from harness.metrics import get_metric
+from harness.registry import FitContext, create_model, get_model_entry
+from harness.runtime import git_commit, package_versions, resolve_device, seed_everything
+from harness.tasks import get_task_adapter
+from harness.tracking import DEFAULT_DIR, NullTracker, Tracker
+
+__all__ = ["run_cv", "make_run_config", "resolve_run_config"]
+
+
+def make_run_config(model: str, *layers: dict[str, Any] | None) -> RunConfig:
+    """Defaults ⊕ the family's training defaults ⊕ ``layers`` (YAML, ``key=value``, CLI flags).
+
+    ``model.*`` keys in a layer are the family's own config (stored as ``model_params``).
+    """
+    entry = get_model_entry(model)
+    merged = merge({"train": dict(entry.train_defaults)}, *[_rename_model_key(layer, model) for layer in layers])
+    merged["model"] = model
+    return build(RunConfig, merged)
+
+
+def _rename_model_key(layer: dict[str, Any] | None, model: str) -> dict[str, Any]:
+    layer = dict(layer or {})
+    value = layer.pop("model", None)
+    if isinstance(value, dict):
+        layer["model_params"] = merge(layer.get("model_params"), value)
+    elif value is not None and value != model:
+        raise HarnessError(f"The config names model {value!r} but --model is {model!r}.")
+    return layer
+
+
+def resolve_run_config(config: RunConfig) -> RunConfig:
+    """Fill what ``None`` leaves to the model and dataset, and check they fit together."""
+    entry = get_model_entry(config.model)
+    dataset_name = config.data.name or entry.dataset
+    spec = get_dataset_spec(dataset_name)
+    if spec.task != entry.task:
+        raise HarnessError(
+            f"Model {entry.name!r} solves {entry.task.value!r} but dataset {dataset_name!r} is {spec.task.value!r}."
+        )
+    metric = get_metric(config.metric or spec.metric)
+    if metric.task != entry.task.value:
+        raise HarnessError(f"Metric {metric.name!r} is for {metric.task!r}, not for {entry.task.value!r}.")
+    # Validate the family's config now, before anything is generated or written.
+    model_params = dataclasses.asdict(build(entry.config_cls, config.model_params, "model"))
+    return dataclasses.replace(
+        config,
+        fold_scheme=config.fold_scheme or spec.fold_scheme,
+        metric=metric.name,
+        data=dataclasses.replace(config.data, name=dataset_name),
+        model_params=model_params,
+    )
+
+
+def run_cv(config: RunConfig, *, log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Cross-validate ``config.model``; returns scores, paths and ids as a plain dict."""
+    # configuration
+    config = resolve_run_config(config)
+    entry = get_model_entry(config.model)
+    metric = get_metric(config.metric)
+    adapter = get_task_adapter(entry.task)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+
+    # data and folds
+    dataset = load_dataset(
+        config.data.name, config.data.dir, data_root=config.data.root, seed=config.seed,
+        reader_options=config.data.options, log=log,
+    )  # fmt: skip
+    fold_path, folds = get_folds(dataset, config.fold_scheme, config.folds, config.seed, config.folds_dir)
+    fold_of = dict(zip(folds["id"], folds["fold"]))
+    train_fold = dataset.train[dataset.id_col].astype(str).map(fold_of).to_numpy()
+
+    run_name = f"{config.model}-{uuid.uuid4().hex[:8]}"
+    run_dir = DEFAULT_DIR / "runs" / run_name
+    tracker = Tracker(dataset.name) if config.tracking else NullTracker()
+    resolved = dataclasses.asdict(config)
+    log(f"{run_name}: {config.model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test rows), "
+        f"{config.folds} {config.fold_scheme} folds, metric {metric.name}, device {device}, seed {config.seed}")  # fmt: skip
+
+    oof = [None] * len(dataset.train)
+    test_predictions, fold_rows, histories = [], [], {}
+    started = time.perf_counter()
+    with tracker.run(run_name, tags={"model": config.model, "dataset": dataset.name, "kind": "cv"}) as run_id:
+        tracker.log_params(flatten(resolved))
+        tracker.set_tags({
+            "seed": config.seed, "metric": metric.name, "greater_is_better": metric.greater_is_better,
+            "fold_file": fold_path.name, "data_fingerprint": dataset.fingerprint, "git_commit": git_commit(),
+            "device": device, **{f"version.{k}": v for k, v in package_versions().items()},
+        })  # fmt: skip
+
+        # model training, fold by fold
+        for k in range(config.folds):
+            fold_started = time.perf_counter()
+            train_part = dataset.train[train_fold != k]
+            valid_part = dataset.train[train_fold == k]
+            history: list[dict[str, float]] = []
+            histories[k] = history
+
+            with tracker.run(f"{run_name}-fold_{k}", nested=True, tags={"fold": str(k)}):
+
+                def log_epoch(metrics: dict[str, float], step: int, k=k, history=history) -> None:
+                    history.append(dict(metrics))
+                    tracker.log_metrics(metrics, step=step)
+                    tracker.log_metrics({f"fold_{k}/{name}": v for name, v in metrics.items()}, step=step, run_id=run_id)
+
+                seed_everything(config.seed + k)
+                family = create_model(config.model, config.model_params)
+                workdir = run_dir / f"fold_{k}"
+                ctx = FitContext(
+                    dataset=dataset, metric=metric, train_config=config.train, device=device,
+                    seed=config.seed + k, fold=k, workdir=workdir,
+                    cache_dir=Path(config.data.root) / "cache", log_metrics=log_epoch, log=log,
+                )  # fmt: skip
+                family.fit(train_part, valid_part, ctx)
+                valid_pred = family.predict(valid_part)
+                test_predictions.append(family.predict(dataset.test))
+
+                score = adapter.score(metric, dataset, valid_part, valid_pred)
+                baseline = adapter.score(metric, dataset, valid_part, adapter.baseline(dataset, train_part, valid_part))
+                explained = {name: float(v) for name, v in family.explain().items()}
+                seconds = time.perf_counter() - fold_started
+                tracker.log_metrics({metric.name: score, f"baseline_{metric.name}": baseline, "seconds": seconds, **explained})
+            tracker.log_metrics({f"fold_{k}/{metric.name}": score, **{f"fold_{k}/{n}": v for n, v in explained.items()}})
+            for position, index in enumerate(np.flatnonzero(train_fold == k)):
+                oof[index] = valid_pred[position]
+            fold_rows.append({"fold": k, "n_valid": len(valid_part), metric.name: score,
+                              f"baseline_{metric.name}": baseline, "best_epoch": _best_epoch(history, metric),
+                              "seconds": seconds, **explained})  # fmt: skip
+            log(f"fold {k}: {metric.name} {score:.4f} (baseline {baseline:.4f}) in {seconds:.0f}s")
+
+        # model evaluation
+        oof = np.stack(oof) if np.ndim(oof[0]) else np.asarray(oof, dtype=float)
+        fold_scores = np.array([row[metric.name] for row in fold_rows])
+        summary = {
+            f"cv_{metric.name}_mean": float(fold_scores.mean()),
+            f"cv_{metric.name}_std": float(fold_scores.std(ddof=0)),
+            f"oof_{metric.name}": adapter.score(metric, dataset, dataset.train, oof),
+            f"baseline_{metric.name}_mean": float(np.mean([row[f"baseline_{metric.name}"] for row in fold_rows])),
+            "seconds": time.perf_counter() - started,
+        }
+        tracker.log_metrics(summary)
+
+        # artifacts: predictions with ids, fold file, plots, submission
+        ids = dataset.train[dataset.id_col].astype(str)
+        test_ids = dataset.test[dataset.id_col].astype(str)
+        oof_frame = adapter.to_frame(ids, oof).assign(fold=train_fold)
+        test_frame = pd.concat(
+            [adapter.to_frame(test_ids, pred, f"fold_{k}") for k, pred in enumerate(test_predictions)], axis=1
+        )
+        test_frame = test_frame.loc[:, ~test_frame.columns.duplicated()]
+        submission = adapter.submission(dataset, test_ids, adapter.average(test_predictions))
+        submission_path = Path(config.submissions_dir) / f"{run_name}.csv"
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        artifacts = {
+            "oof.parquet": lambda p: oof_frame.to_parquet(p, index=False),
+            "test_predictions.parquet": lambda p: test_frame.to_parquet(p, index=False),
+            "folds.csv": lambda p: folds.to_csv(p, index=False),
+            "scores.json": lambda p: p.write_text(json.dumps({"folds": fold_rows, **summary}, indent=2)),
+            "config.yaml": lambda p: p.write_text(yaml.safe_dump(resolved, sort_keys=False)),
+        }
+        for name, write in artifacts.items():
+            atomic_write(run_dir / name, write)
+        for figure_path in plots.cv_plots(run_dir, dataset, oof, histories, metric):
+            artifacts[figure_path.name] = None
+        atomic_write(submission_path, lambda p: submission.to_csv(p, index=False))
+        for name in artifacts:
+            tracker.log_artifact(run_dir / name)
+        tracker.log_artifact(submission_path, "submission")
+
+    result = {
+        "run_name": run_name, "run_id": run_id, "model": config.model, "dataset": dataset.name,
+        "metric": metric.name, "greater_is_better": metric.greater_is_better, "folds": fold_rows,
+        **summary, "submission": str(submission_path), "run_dir": str(run_dir),
+        "fold_file": str(fold_path), "tracking_uri": tracker.uri,
+    }  # fmt: skip
+    plots.print_results(result, log=log)
+    return result
+
+
+def _best_epoch(history: list[dict[str, float]], metric) -> int | None:
+    key = f"valid_{metric.name}"
+    scores = [h[key] for h in history if key in h]
+    if not scores:
+        return None
+    return int(np.argmax(scores) if metric.greater_is_better else np.argmin(scores))

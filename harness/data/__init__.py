@@ -1,0 +1,148 @@
+"""Datasets: declared once, read from their standard on-disk format.
+
+A :class:`DatasetSpec` names a dataset, its task type, how to read it and (for the embedded
+defaults) how to generate it. Readers return a :class:`Dataset`: typed train/test frames plus
+the column roles the core needs (id, target, group) and a content fingerprint that keys caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from harness.errors import HarnessError
+from harness.tasks import TaskType
+
+__all__ = [
+    "Dataset",
+    "DatasetSpec",
+    "register_dataset",
+    "get_dataset_spec",
+    "list_datasets",
+    "load_dataset",
+    "frame_fingerprint",
+]
+
+
+@dataclass
+class Dataset:
+    """A dataset as the core sees it.
+
+    Rows of ``train`` are the unit that folds split (videos, users, images); ``test`` rows get
+    predictions for the submission. Media (images) stay on disk: frames carry their paths.
+    """
+
+    name: str
+    task: TaskType
+    train: pd.DataFrame
+    test: pd.DataFrame
+    id_col: str
+    target_col: str
+    root: Path
+    group_col: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # reader-specific facts (e.g. reference year)
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of both frames; keys feature caches and is logged with every run."""
+        return frame_fingerprint(self.train, self.test)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to obtain one dataset.
+
+    Args:
+        name: registry name, also used in fold-file and submission names.
+        task: the task type; decides prediction shape, metrics and blending.
+        reader: ``reader(root, **options) -> Dataset`` for the standard on-disk format.
+        generator: ``generator(root, seed, **options)`` writing an embedded default in exactly
+            that format, or ``None`` for datasets that must be supplied by the user.
+        fold_scheme: default fold scheme ("kfold", "stratified", "group", ...).
+        metric: default metric name (direction comes from the metric itself).
+    """
+
+    name: str
+    task: TaskType
+    reader: Callable[..., Dataset]
+    generator: Callable[..., None] | None
+    fold_scheme: str
+    metric: str
+    description: str = ""
+
+
+_DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name in _DATASETS:
+        raise ValueError(f"Dataset {spec.name!r} is already registered.")
+    _DATASETS[spec.name] = spec
+    return spec
+
+
+def list_datasets() -> list[str]:
+    _import_builtin_datasets()
+    return sorted(_DATASETS)
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    _import_builtin_datasets()
+    if name not in _DATASETS:
+        raise HarnessError(
+            f"Unknown dataset {name!r}, valid datasets: {', '.join(sorted(_DATASETS))}."
+        )
+    return _DATASETS[name]
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    data_root: str | Path = "data",
+    seed: int = 0,
+    reader_options: dict[str, Any] | None = None,
+    generator_options: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> Dataset:
+    """Read dataset ``name`` from ``data_dir``, or from its embedded default.
+
+    With ``data_dir=None`` the embedded default lives in ``<data_root>/<name>``; it is generated
+    there on first use (reported through ``log``) and read back through the same reader that
+    real data goes through.
+    """
+    spec = get_dataset_spec(name)
+    if data_dir is None:
+        if spec.generator is None:
+            raise HarnessError(f"Dataset {name!r} has no embedded default; pass --data DIR.")
+        data_dir = Path(data_root) / name
+        if not data_dir.exists():
+            log(f"Generating the embedded default dataset {name!r} into {data_dir} ...")
+            # Generate beside the target and rename, so an interrupted run leaves nothing half-written.
+            partial = data_dir.with_name(f".{name}.partial-{os.getpid()}")
+            shutil.rmtree(partial, ignore_errors=True)
+            spec.generator(partial, seed=seed, **(generator_options or {}))
+            partial.rename(data_dir)
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise HarnessError(f"Data directory {str(data_dir)!r} does not exist.")
+    return spec.reader(data_dir, **(reader_options or {}))
+
+
+def frame_fingerprint(*frames: pd.DataFrame) -> str:
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
+        digest.update(",".join(map(str, frame.columns)).encode())
+    return digest.hexdigest()[:16]
+
+
+def _import_builtin_datasets() -> None:
+    # Built-in datasets register themselves on import.
+    from harness.data import views  # noqa: F401
