@@ -65,7 +65,7 @@ def resolve_run_config(config: RunConfig) -> RunConfig:
             f"Model {entry.name!r} solves {entry.task.value!r} but dataset {dataset_name!r} is {spec.task.value!r}."
         )
     metric = get_metric(config.metric or spec.metric)
-    if metric.task != entry.task.value:
+    if metric.task != entry.task.metric_task:
         raise HarnessError(f"Metric {metric.name!r} is for {metric.task!r}, not for {entry.task.value!r}.")
     # Validate the family's config now, before anything is generated or written.
     model_params = dataclasses.asdict(build(entry.config_cls, config.model_params, "model"))

@@ -26,6 +26,11 @@ class TaskType(str, Enum):
     SEQUENTIAL_RECOMMENDATION = "sequential_recommendation"
     REID = "reid"
 
+    @property
+    def metric_task(self) -> str:
+        """The metric engine's name for this task's metrics (see :mod:`harness.metrics`)."""
+        return "ranking" if self is TaskType.SEQUENTIAL_RECOMMENDATION else self.value
+
 
 class RowwiseTask:
     """Prediction handling for tasks with one prediction per row of a frame.

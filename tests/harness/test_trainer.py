@@ -1,0 +1,89 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from harness.config import TrainConfig
+from harness.metrics import get_metric
+from harness.trainer import Trainer, warmup_cosine
+
+
+class Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.layer(x).squeeze(-1)
+
+    def training_step(self, batch):
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+
+def _data(seed=0, n=256):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(n, generator=g)
+    return x, y
+
+
+def _fit(config, seed=0, evaluate=None):
+    torch.manual_seed(seed)
+    model = Linear()
+    x, y = _data()
+    xv, yv = _data(seed=1, n=64)
+    mse = get_metric("mse")
+    evaluate = evaluate or (lambda m: mse.fn(yv.numpy(), m(xv).numpy()))
+    result = Trainer(config, mse, seed=seed).fit(model, TensorDataset(x, y), evaluate)
+    return model, result
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine():
+    values = [warmup_cosine(step, total_steps=100, warmup_steps=10) for step in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0)
+    assert values[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+
+
+def test_loop_learns_a_linear_map():
+    model, result = _fit(TrainConfig(epochs=30, batch_size=32, lr=0.05, progress=False))
+    assert result.best_score < 0.05
+    assert torch.allclose(model.layer.weight.detach(), torch.tensor([[1.0, -2.0, 0.5]]), atol=0.1)
+
+
+def test_same_seed_gives_identical_weights():
+    config = TrainConfig(epochs=3, batch_size=16, lr=0.01, progress=False)
+    a, _ = _fit(config, seed=3)
+    b, _ = _fit(config, seed=3)
+    assert torch.equal(a.layer.weight, b.layer.weight)
+
+
+def test_early_stopping_restores_the_best_epoch():
+    scores = iter([5.0, 3.0, 4.0, 4.5, 6.0, 7.0, 8.0])
+    seen = []
+
+    def evaluate(model):
+        seen.append(model.layer.weight.detach().clone())
+        return next(scores)
+
+    model, result = _fit(TrainConfig(epochs=7, patience=2, lr=0.01, progress=False), evaluate=evaluate)
+    assert result.best_epoch == 1 and result.best_score == 3.0
+    assert result.epochs_run == 4  # epochs 2 and 3 did not improve on epoch 1
+    assert torch.equal(model.layer.weight, seen[1])
+    assert [h["valid_mse"] for h in result.history] == [5.0, 3.0, 4.0, 4.5]
+
+
+def test_direction_comes_from_the_metric():
+    accuracy = get_metric("accuracy")
+    model = Linear()
+    x, y = _data()
+    scores = iter([0.2, 0.9, 0.5])
+    result = Trainer(TrainConfig(epochs=3, patience=5, progress=False), accuracy).fit(
+        model, TensorDataset(x, y), lambda m: next(scores)
+    )
+    assert result.best_epoch == 1 and np.isclose(result.best_score, 0.9)
