@@ -45,6 +45,7 @@ MODALITIES = ("image", "text", "age")
 class ClipMultimodalConfig:
     clip_model: str = "ViT-Tiny-16-64"  # any open_clip architecture; the default is small enough for a CPU
     pretrained: str | None = None  # open_clip tag (e.g. "openai") or a checkpoint file; None: random init
+    init_seed: int = 0  # seeds random towers (pretrained None): every fold shares one encoder and its cache
     freeze_clip: bool = True  # freeze the CLIP towers: encode once, train the heads only
     cache_features: bool = True  # with freeze_clip, keep encoded features on disk across epochs/folds/runs
     hidden_dim: int = 128  # width of each modality head
@@ -56,10 +57,10 @@ class ClipMultimodalConfig:
     encode_batch_size: int = 256  # rows per batch when encoding or predicting
 
 
-def _head(in_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(
-        nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, 1)
-    )
+def _head(in_dim: int, hidden_dim: int, dropout: float, normalise: bool = True) -> nn.Sequential:
+    """LayerNorm (for embeddings; a 2-feature input would be flattened to ±1) → MLP → one value."""
+    norm = nn.LayerNorm(in_dim) if normalise else nn.Identity()
+    return nn.Sequential(norm, nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, 1))
 
 
 class ClipViewsModel(nn.Module):
@@ -77,7 +78,7 @@ class ClipViewsModel(nn.Module):
         self.heads = nn.ModuleDict({
             "image": _head(embed_dim, config.hidden_dim, config.dropout),
             "text": _head(embed_dim, config.hidden_dim, config.dropout),
-            "age": _head(2, config.hidden_dim, config.dropout),
+            "age": _head(2, config.hidden_dim, config.dropout, normalise=False),
         })  # fmt: skip
         self.weight_logits = nn.Parameter(torch.zeros(len(MODALITIES)))
 
@@ -109,7 +110,7 @@ class ClipViewsModel(nn.Module):
         return loss
 
     def epoch_logs(self) -> dict[str, float]:
-        return {f"weights/{m}": float(w) for m, w in zip(MODALITIES, self.weight_logits.softmax(0))}
+        return {f"weights/{m}": float(w) for m, w in zip(MODALITIES, self.weight_logits.detach().softmax(0))}
 
     def param_groups(self) -> list[dict[str, Any]]:
         groups = [{"params": list(self.heads.parameters())},
@@ -144,7 +145,9 @@ class ClipMultimodal(Family):
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame, ctx: FitContext) -> None:
         cfg = self.config
-        bundle = load_clip(cfg.clip_model, cfg.pretrained, log=ctx.log)
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.init_seed)
+            bundle = load_clip(cfg.clip_model, cfg.pretrained, log=ctx.log)
         if cfg.freeze_clip:
             bundle.model.requires_grad_(False).eval()
         self.device = ctx.device
@@ -157,7 +160,7 @@ class ClipMultimodal(Family):
         log_target = np.log1p(train[ctx.dataset.target_col].to_numpy(dtype=np.float64))
         self.target_mean, self.target_std = float(log_target.mean()), float(log_target.std() or 1.0)
         target = torch.zeros(len(self._row_of))
-        target[self._rows(train)] = torch.tensor((log_target - self.target_mean) / self.target_std, dtype=torch.float32)
+        target[self._rows(train)] = torch.from_numpy((log_target - self.target_mean) / self.target_std).float()
         self._tensors["target"] = target
 
         valid_truth = valid[ctx.dataset.target_col].to_numpy(dtype=np.float64)
@@ -188,7 +191,7 @@ class ClipMultimodal(Family):
     # -- inputs ---------------------------------------------------------------------------------
 
     def _rows(self, part: pd.DataFrame) -> np.ndarray:
-        return part["id"].astype(str).map(self._row_of).to_numpy()
+        return part["id"].astype(str).map(self._row_of).to_numpy(dtype=np.int64, copy=True)
 
     def _prepare(self, dataset: Dataset, bundle: ClipBundle, ctx: FitContext):
         """Tensors for every train and test row; CLIP features when frozen and cached."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,3 +24,29 @@ def regression_dataset(tmp_path) -> Dataset:
     train["y"] = np.exp(train["x"]) * 100
     test = pd.DataFrame({"id": [f"t{i:03d}" for i in range(10)], "x": rng.normal(size=10)})
     return Dataset("toy", TaskType.REGRESSION, train, test, id_col="id", target_col="y", root=tmp_path, group_col="group")
+
+
+@pytest.fixture(scope="session")
+def views_template(tmp_path_factory):
+    """A small views dataset in the real on-disk format; copy it before changing it."""
+    from harness.data.views import generate_views
+
+    root = tmp_path_factory.mktemp("views") / "views"
+    generate_views(root, seed=0, n_train=48, n_test=12)
+    return root
+
+
+@pytest.fixture
+def views_dir(views_template, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(views_template, tmp_path / "views"))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run in an empty directory, so folds/, submissions/ and leaderboard/ land there."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work

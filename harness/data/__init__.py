@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,10 +49,32 @@ class Dataset:
     group_col: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # reader-specific facts (e.g. reference year)
 
-    @property
+    media_cols: tuple[str, ...] = ("image_path",)  # columns holding file paths under root
+
+    @cached_property
     def fingerprint(self) -> str:
-        """Content hash of both frames; keys feature caches and is logged with every run."""
-        return frame_fingerprint(self.train, self.test)
+        """Hash of both frames and of the media files they point to (relative path, size, mtime).
+
+        Keys fold files and feature caches and is logged with every run: moving the data
+        directory keeps it, replacing a thumbnail changes it.
+        """
+        return frame_fingerprint(*(self._portable(frame) for frame in (self.train, self.test)))
+
+    def _portable(self, frame: pd.DataFrame) -> pd.DataFrame:
+        columns = [c for c in self.media_cols if c in frame.columns]
+        if not columns:
+            return frame
+        return frame.assign(**{c: frame[c].map(self._file_stamp) for c in columns})
+
+    def _file_stamp(self, path: str) -> str:
+        path = Path(path)
+        try:
+            stat = path.stat()
+        except OSError:
+            return f"{path.name}:missing"
+        root = Path(self.root).resolve()
+        relative = path.resolve().relative_to(root) if path.resolve().is_relative_to(root) else path
+        return f"{relative}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,109 @@
+"""The command line: success path, and one-line errors with nothing half-written on bad input."""
+
+import pandas as pd
+import pytest
+
+import run
+
+FAST = ["train.epochs=2", "train.progress=false", "tracking=false"]
+
+
+def _run(capsys, *argv):
+    code = run.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _nothing_written(workdir):
+    """No submission, and no partial file anywhere (a complete fold file may precede a failure in training)."""
+    assert not (workdir / "submissions").exists() or not any((workdir / "submissions").iterdir())
+    assert not [p for p in workdir.rglob("*") if p.name.endswith(".tmp") or ".partial-" in p.name]
+
+
+def test_list_models(capsys):
+    code, out, _ = _run(capsys, "--list-models")
+    assert code == 0 and "clip_multimodal" in out and "regression" in out
+
+
+def test_a_run_writes_folds_and_a_submission(capsys, workdir, views_dir):
+    code, out, err = _run(capsys, "--model", "clip_multimodal", "--folds", "2", "--data", str(views_dir), *FAST)
+    assert code == 0, err
+    submission = next((workdir / "submissions").glob("clip_multimodal-*.csv"))
+    frame = pd.read_csv(submission)
+    assert list(frame.columns) == ["id", "views"] and len(frame) == 12 and (frame["views"] >= 0).all()
+    assert len(list((workdir / "folds").glob("views-*__stratified__k2__s42.csv"))) == 1
+    assert "CV msle" in out and "randomly initialised" in out
+
+
+def _expect_error(capsys, workdir, argv, *fragments):
+    code, _, err = _run(capsys, *argv)
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    _nothing_written(workdir)
+    return lines[0]
+
+
+def test_unknown_model(capsys, workdir):
+    _expect_error(capsys, workdir, ["--model", "nope"], "Unknown model 'nope'", "clip_multimodal")
+
+
+def test_unknown_override_key(capsys, workdir, views_dir):
+    _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", str(views_dir), "train.lrr=1"], "train.lrr")
+
+
+def test_missing_column(capsys, workdir, views_dir):
+    train = pd.read_csv(views_dir / "train.csv").drop(columns=["title"])
+    train.to_csv(views_dir / "train.csv", index=False)
+    _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", str(views_dir), *FAST], "train.csv", "title")
+    assert not (workdir / "folds").exists()
+
+
+@pytest.mark.parametrize("value, fragment", [(float("nan"), "NaN"), (-5.0, "negative")])
+def test_bad_target(capsys, workdir, views_dir, value, fragment):
+    train = pd.read_csv(views_dir / "train.csv")
+    train.loc[3, "views"] = value
+    train.to_csv(views_dir / "train.csv", index=False)
+    _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", str(views_dir), *FAST], "views", fragment)
+
+
+def test_missing_thumbnail_is_an_error_by_default(capsys, workdir, views_dir):
+    victim = sorted((views_dir / "thumbnails").iterdir())[0]
+    victim.unlink()
+    _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", str(views_dir), *FAST], victim.name)
+
+
+def test_unreadable_thumbnail_can_be_masked(capsys, workdir, views_dir):
+    victim = sorted((views_dir / "thumbnails").iterdir())[0]
+    victim.write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="1 of 60 thumbnails"):
+        code, _, err = _run(capsys, "--model", "clip_multimodal", "--data", str(views_dir), "--folds", "2",
+                            "data.options.on_bad_image=zero", *FAST)  # fmt: skip
+    assert code == 0, err
+
+
+def test_empty_test_set(capsys, workdir, views_dir):
+    test = pd.read_csv(views_dir / "test.csv")
+    test.iloc[:0].to_csv(views_dir / "test.csv", index=False)
+    _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", str(views_dir), *FAST], "test.csv")
+
+
+@pytest.mark.parametrize("folds, fragment", [("1", "at least 2, got 1"), ("49", "more than the 48 training rows")])
+def test_impossible_fold_count(capsys, workdir, views_dir, folds, fragment):
+    _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", str(views_dir), "--folds", folds, *FAST], fragment)
+
+
+def test_corrupt_checkpoint(capsys, workdir, views_dir, tmp_path):
+    checkpoint = tmp_path / "clip.pt"
+    checkpoint.write_bytes(b"\x00garbage" * 100)
+    _expect_error(
+        capsys, workdir,
+        ["--model", "clip_multimodal", "--data", str(views_dir), f"model.pretrained={checkpoint}", *FAST],
+        "clip.pt",
+    )  # fmt: skip
+
+
+def test_missing_data_directory(capsys, workdir):
+    _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", "no/such/dir"], "no/such/dir")
