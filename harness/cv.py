@@ -90,7 +90,7 @@ def run_cv(config: RunConfig, *, log: Callable[[str], Any] = print) -> dict[str,
 
     # data and folds
     dataset = load_dataset(
-        config.data.name, config.data.dir, data_root=config.data.root, seed=config.seed,
+        config.data.name, config.data.dir, data_root=config.data.root,
         reader_options=config.data.options, log=log,
     )  # fmt: skip
     fold_path, folds = get_folds(dataset, config.fold_scheme, config.folds, config.seed, config.folds_dir)

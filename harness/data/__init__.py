@@ -85,7 +85,7 @@ class DatasetSpec:
         name: registry name, also used in fold-file and submission names.
         task: the task type; decides prediction shape, metrics and blending.
         reader: ``reader(root, **options) -> Dataset`` for the standard on-disk format.
-        generator: ``generator(root, seed, **options)`` writing an embedded default in exactly
+        generator: ``generator(root, **options)`` writing an embedded default in exactly
             that format, or ``None`` for datasets that must be supplied by the user.
         fold_scheme: default fold scheme ("kfold", "stratified", "group", ...).
         metric: default metric name (direction comes from the metric itself).
@@ -129,7 +129,6 @@ def load_dataset(
     data_dir: str | Path | None = None,
     *,
     data_root: str | Path = "data",
-    seed: int = 0,
     reader_options: dict[str, Any] | None = None,
     generator_options: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
@@ -137,7 +136,8 @@ def load_dataset(
     """Read dataset ``name`` from ``data_dir``, or from its embedded default.
 
     With ``data_dir=None`` the embedded default lives in ``<data_root>/<name>``; it is generated
-    there on first use (reported through ``log``) and read back through the same reader that
+    there on first use (reported through ``log``) with the generator's own fixed seed, so every
+    run sees the same data whatever its ``--seed``, and read back through the same reader that
     real data goes through.
     """
     spec = get_dataset_spec(name)
@@ -150,7 +150,7 @@ def load_dataset(
             # Generate beside the target and rename, so an interrupted run leaves nothing half-written.
             partial = data_dir.with_name(f".{name}.partial-{os.getpid()}")
             shutil.rmtree(partial, ignore_errors=True)
-            spec.generator(partial, seed=seed, **(generator_options or {}))
+            spec.generator(partial, **(generator_options or {}))
             partial.rename(data_dir)
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
