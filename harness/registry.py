@@ -9,7 +9,6 @@ decorators register its families.
 from __future__ import annotations
 
 import abc
-import dataclasses
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -87,9 +86,6 @@ class ModelEntry:
     train_defaults: Mapping[str, Any]  # the family's TrainConfig defaults
     search_space: Callable | None  # search_space(trial) -> dict of overrides
     description: str
-
-    def default_config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.config_cls())
 
 
 _MODELS: dict[str, ModelEntry] = {}
