@@ -3,6 +3,8 @@
     python run.py --model clip_multimodal --folds 3
     python run.py --model clip_multimodal --config my.yaml model.freeze_clip=false train.lr=3e-4
     python run.py --list-models
+    python run.py ensemble --runs ID1,ID2 --method weighted_mean --weights optimize
+    python run.py leaderboard --dataset views --format md
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import sys
 from harness.errors import HarnessError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def cv_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Cross-validate a registered model family and write a submission.",
+        prog="run.py",
+        description="Cross-validate a registered model family and write a submission. "
+        "Other commands: run.py ensemble --help, run.py leaderboard --help.",
         epilog="Overrides: key=value pairs such as train.lr=3e-4, model.freeze_clip=false, "
         "data.options.columns.id=video_id.",
     )
@@ -27,6 +31,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--list-models", action="store_true", help="list the registered model families and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser
+
+
+def ensemble_parser() -> argparse.ArgumentParser:
+    from harness.ensemble import METHODS, STACKERS
+
+    parser = argparse.ArgumentParser(prog="run.py ensemble", description="Blend CV runs into a submission.")
+    members = parser.add_mutually_exclusive_group(required=True)
+    members.add_argument("--runs", help="comma-separated MLflow run ids of CV runs")
+    members.add_argument("--top", type=int, help="the N best CV runs of --dataset on one fold file")
+    parser.add_argument("--dataset", default="views", help="dataset of --top (default views)")
+    parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument("--weights", help="weighted_mean: comma-separated weights, or 'optimize' (fitted on OOF)")
+    parser.add_argument("--stacker", choices=STACKERS, default="ridge", help="stacking: level-2 model")
+    return parser
+
+
+def leaderboard_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run.py leaderboard", description="Rank CV runs and ensembles.")
+    parser.add_argument("--dataset", help="only this dataset")
+    parser.add_argument("--metric", help="only runs scored with this metric")
+    parser.add_argument("--format", default="table", choices=("table", "csv", "md"))
+    parser.add_argument("--plot", metavar="PATH", help="also write a PNG comparison plot")
     return parser
 
 
@@ -45,23 +72,50 @@ def list_models_table() -> None:
     Console().print(table)
 
 
+def cross_validate(args: argparse.Namespace) -> None:
+    if args.list_models:
+        return list_models_table()
+    if not args.model:
+        raise HarnessError("--model is required (see --list-models).")
+    from harness.config import load_yaml, parse_overrides
+    from harness.cv import make_run_config, run_cv
+
+    flags = {"folds": args.folds, "seed": args.seed, "device": args.device, "data": {"dir": args.data}}
+    layers = (load_yaml(args.config) if args.config else None, parse_overrides(args.overrides), flags)
+    run_cv(make_run_config(args.model, *layers))
+
+
+def ensemble(args: argparse.Namespace) -> None:
+    from harness.ensemble import run_ensemble, top_runs
+
+    run_ids = args.runs.split(",") if args.runs else top_runs(args.dataset, args.top)
+    weights = args.weights
+    if weights is not None and weights != "optimize":
+        try:
+            weights = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise HarnessError(f"--weights must be comma-separated numbers or 'optimize', got {args.weights!r}.") from None
+    run_ensemble(run_ids, args.method, weights=weights, stacker=args.stacker)
+
+
+def leaderboard(args: argparse.Namespace) -> None:
+    from harness.leaderboard import leaderboard as build, plot, render
+
+    frame = build(dataset=args.dataset, metric=args.metric)
+    print(render(frame, args.format))
+    if args.plot:
+        print(f"plot: {plot(frame, args.plot)}")
+
+
+COMMANDS = {"ensemble": (ensemble_parser, ensemble), "leaderboard": (leaderboard_parser, leaderboard)}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    make_parser, command = COMMANDS.get(argv[0], (cv_parser, cross_validate)) if argv else (cv_parser, cross_validate)
+    args = make_parser().parse_args(argv[1:] if argv and argv[0] in COMMANDS else argv)
     try:
-        if args.list_models:
-            list_models_table()
-            return 0
-        if not args.model:
-            raise HarnessError("--model is required (see --list-models).")
-
-        from harness.config import load_yaml, parse_overrides
-        from harness.cv import make_run_config, run_cv
-
-        flags = {"folds": args.folds, "seed": args.seed, "device": args.device, "data": {"dir": args.data}}
-        config = make_run_config(
-            args.model, load_yaml(args.config) if args.config else None, parse_overrides(args.overrides), flags
-        )
-        run_cv(config)
+        command(args)
         return 0
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
