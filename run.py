@@ -29,6 +29,8 @@ def cv_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML file with run, data, train and model settings")
     parser.add_argument("--seed", type=int, help="seed for folds, initialisation and shuffling (default 42)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--workers", type=int, help="run this many folds at once, one process each (default 1)")
+    parser.add_argument("--devices", help="comma-separated devices, one fold worker each (e.g. cuda:0,cuda:1)")
     parser.add_argument("--list-models", action="store_true", help="list the registered model families and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
@@ -80,7 +82,8 @@ def cross_validate(args: argparse.Namespace) -> None:
     from harness.config import load_yaml, parse_overrides
     from harness.cv import make_run_config, run_cv
 
-    flags = {"folds": args.folds, "seed": args.seed, "device": args.device, "data": {"dir": args.data}}
+    flags = {"folds": args.folds, "seed": args.seed, "device": args.device, "workers": args.workers,
+             "devices": args.devices, "data": {"dir": args.data}}  # fmt: skip
     layers = (load_yaml(args.config) if args.config else None, parse_overrides(args.overrides), flags)
     run_cv(make_run_config(args.model, *layers))
 

@@ -65,6 +65,9 @@ class RunConfig:
     fold_scheme: str | None = None  # kfold | stratified | group; None: the dataset's default
     metric: str | None = None  # validation/CV metric; None: the dataset's default
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    workers: int = 1  # folds run in this many processes at once (CPU fallback of devices)
+    devices: str | None = None  # comma-separated, e.g. "cuda:0,cuda:1": one worker process per device
+    threads_per_fold: int | None = None  # torch threads per fold; None: CPU cores // parallel folds
     folds_dir: str = "folds"  # where fold files are written and reused
     submissions_dir: str = "submissions"  # where submission CSVs are written
     tracking: bool = True  # log to MLflow (MLFLOW_TRACKING_URI or leaderboard/mlflow.db)

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 
 from harness import plots
@@ -85,7 +89,7 @@ def run_cv(config: RunConfig, *, log: Callable[[str], Any] = print) -> dict[str,
     entry = get_model_entry(config.model)
     metric = get_metric(config.metric)
     adapter = get_task_adapter(entry.task)
-    device = resolve_device(config.device)
+    devices = resolve_devices(config)
     seed_everything(config.seed)
 
     # data and folds
@@ -102,7 +106,8 @@ def run_cv(config: RunConfig, *, log: Callable[[str], Any] = print) -> dict[str,
     tracker = Tracker(dataset.name) if config.tracking else NullTracker()
     resolved = dataclasses.asdict(config)
     log(f"{run_name}: {config.model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test rows), "
-        f"{config.folds} {config.fold_scheme} folds, metric {metric.name}, device {device}, seed {config.seed}")  # fmt: skip
+        f"{config.folds} {config.fold_scheme} folds, metric {metric.name}, "
+        f"devices {','.join(devices)}, {_threads(config, devices)} threads per fold, seed {config.seed}")  # fmt: skip
 
     oof = [None] * len(dataset.train)
     test_predictions, fold_rows, histories = [], [], {}
@@ -112,48 +117,28 @@ def run_cv(config: RunConfig, *, log: Callable[[str], Any] = print) -> dict[str,
         tracker.set_tags({
             "seed": config.seed, "metric": metric.name, "greater_is_better": metric.greater_is_better,
             "fold_file": fold_path.name, "data_fingerprint": dataset.fingerprint, "git_commit": git_commit(),
-            "device": device, **{f"version.{k}": v for k, v in package_versions().items()},
+            "devices": ",".join(devices), "threads_per_fold": _threads(config, devices), **{f"version.{k}": v for k, v in package_versions().items()},
         })  # fmt: skip
 
-        # model training, fold by fold
-        for k in range(config.folds):
-            fold_started = time.perf_counter()
-            train_part = dataset.train[train_fold != k]
-            valid_part = dataset.train[train_fold == k]
-            history: list[dict[str, float]] = []
-            histories[k] = history
-
-            with tracker.run(f"{run_name}-fold_{k}", nested=True, tags={"fold": str(k)}):
-
-                def log_epoch(metrics: dict[str, float], step: int, k=k, history=history) -> None:
-                    history.append(dict(metrics))
-                    tracker.log_metrics(metrics, step=step)
-                    tracker.log_metrics({f"fold_{k}/{name}": v for name, v in metrics.items()}, step=step, run_id=run_id)
-
-                seed_everything(config.seed + k)
-                family = create_model(config.model, config.model_params)
-                workdir = run_dir / f"fold_{k}"
-                ctx = FitContext(
-                    dataset=dataset, metric=metric, train_config=config.train, device=device,
-                    seed=config.seed + k, fold=k, workdir=workdir,
-                    cache_dir=Path(config.data.root) / "cache", log_metrics=log_epoch, log=log,
-                )  # fmt: skip
-                family.fit(train_part, valid_part, ctx)
-                valid_pred = family.predict(valid_part)
-                test_predictions.append(family.predict(dataset.test))
-
-                score = adapter.score(metric, dataset, valid_part, valid_pred)
-                baseline = adapter.score(metric, dataset, valid_part, adapter.baseline(dataset, train_part, valid_part))
-                explained = {name: float(v) for name, v in family.explain().items()}
-                seconds = time.perf_counter() - fold_started
-                tracker.log_metrics({metric.name: score, f"baseline_{metric.name}": baseline, "seconds": seconds, **explained})
+        # model training: folds in this process, or one worker process per device
+        outcomes = run_folds(config, dataset, train_fold, run_dir, devices, log)
+        for outcome in outcomes:
+            k, score, explained = outcome.fold, outcome.score, outcome.explained
+            histories[k] = outcome.history
+            with tracker.run(f"{run_name}-fold_{k}", nested=True, tags={"fold": str(k), "device": outcome.device}):
+                for step, logs in enumerate(outcome.history):
+                    tracker.log_metrics(logs, step=step)
+                    tracker.log_metrics({f"fold_{k}/{name}": v for name, v in logs.items()}, step=step, run_id=run_id)
+                tracker.log_metrics({metric.name: score, f"baseline_{metric.name}": outcome.baseline,
+                                     "seconds": outcome.seconds, **explained})  # fmt: skip
             tracker.log_metrics({f"fold_{k}/{metric.name}": score, **{f"fold_{k}/{n}": v for n, v in explained.items()}})
             for position, index in enumerate(np.flatnonzero(train_fold == k)):
-                oof[index] = valid_pred[position]
-            fold_rows.append({"fold": k, "n_valid": len(valid_part), metric.name: score,
-                              f"baseline_{metric.name}": baseline, "best_epoch": _best_epoch(history, metric),
-                              "seconds": seconds, **explained})  # fmt: skip
-            log(f"fold {k}: {metric.name} {score:.4f} (baseline {baseline:.4f}) in {seconds:.0f}s")
+                oof[index] = outcome.valid_pred[position]
+            test_predictions.append(outcome.test_pred)
+            fold_rows.append({"fold": k, "n_valid": int((train_fold == k).sum()), metric.name: score,
+                              f"baseline_{metric.name}": outcome.baseline,
+                              "best_epoch": _best_epoch(outcome.history, metric), "seconds": outcome.seconds,
+                              **explained})  # fmt: skip
 
         # model evaluation
         oof = np.stack(oof) if np.ndim(oof[0]) else np.asarray(oof, dtype=float)
@@ -203,6 +188,100 @@ def run_cv(config: RunConfig, *, log: Callable[[str], Any] = print) -> dict[str,
     }  # fmt: skip
     plots.print_results(result, log=log)
     return result
+
+
+@dataclasses.dataclass
+class FoldOutcome:
+    """What one fold sends back to the runner (from this process or a worker)."""
+
+    fold: int
+    valid_pred: np.ndarray
+    test_pred: np.ndarray
+    score: float
+    baseline: float
+    explained: dict[str, float]
+    history: list[dict[str, float]]
+    seconds: float
+    device: str
+
+
+def resolve_devices(config: RunConfig) -> list[str]:
+    """One device per worker: ``devices`` as given, else ``workers`` copies of ``device``."""
+    if config.workers < 1:
+        raise HarnessError(f"--workers must be at least 1, got {config.workers}.")
+    if config.devices:
+        return [resolve_device(d.strip()) for d in config.devices.split(",")]
+    return [resolve_device(config.device)] * config.workers
+
+
+def _threads(config: RunConfig, devices: list[str]) -> int:
+    """Torch threads per fold: part of the numerics (CPU reductions depend on it), so it is logged."""
+    if config.threads_per_fold is not None:
+        return config.threads_per_fold
+    return max(1, (os.cpu_count() or 1) // min(len(devices), config.folds))
+
+
+def fit_fold(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, k: int, run_dir: Path,
+             device: str, threads: int, log: Callable[[str], Any] = print) -> FoldOutcome:  # fmt: skip
+    """Train fold ``k`` and predict its validation rows and the test set; no tracking here."""
+    started = time.perf_counter()
+    torch.set_num_threads(threads)
+    seed_everything(config.seed + k)
+    metric = get_metric(config.metric)
+    adapter = get_task_adapter(dataset.task)
+    train_part = dataset.train[train_fold != k]
+    valid_part = dataset.train[train_fold == k]
+    history: list[dict[str, float]] = []
+    family = create_model(config.model, config.model_params)
+    ctx = FitContext(
+        dataset=dataset, metric=metric, train_config=config.train, device=device, seed=config.seed + k, fold=k,
+        workdir=run_dir / f"fold_{k}", cache_dir=Path(config.data.root) / "cache",
+        log_metrics=lambda logs, step: history.append(dict(logs)), log=log,
+    )  # fmt: skip
+    family.fit(train_part, valid_part, ctx)
+    valid_pred = family.predict(valid_part)
+    score = adapter.score(metric, dataset, valid_part, valid_pred)
+    baseline = adapter.score(metric, dataset, valid_part, adapter.baseline(dataset, train_part, valid_part))
+    seconds = time.perf_counter() - started
+    log(f"fold {k}: {metric.name} {score:.4f} (baseline {baseline:.4f}) in {seconds:.0f}s on {device}")
+    return FoldOutcome(
+        fold=k, valid_pred=valid_pred, test_pred=family.predict(dataset.test), score=score, baseline=baseline,
+        explained={name: float(v) for name, v in family.explain().items()}, history=history, seconds=seconds,
+        device=device,
+    )  # fmt: skip
+
+
+def run_folds(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, run_dir: Path,
+              devices: list[str], log: Callable[[str], Any] = print) -> list[FoldOutcome]:  # fmt: skip
+    """Every fold, in fold order: sequentially, or in one worker process per device.
+
+    Workers are started with ``spawn`` (safe with CUDA and threads). The first failing fold stops
+    the run with its error; folds already finished keep their checkpoints in ``run_dir``.
+    """
+    threads = _threads(config, devices)
+    if len(devices) == 1:
+        previous = torch.get_num_threads()
+        try:
+            return [fit_fold(config, dataset, train_fold, k, run_dir, devices[0], threads, log) for k in range(config.folds)]
+        finally:
+            torch.set_num_threads(previous)
+    outcomes: dict[int, FoldOutcome] = {}
+    with ProcessPoolExecutor(len(devices), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {
+            pool.submit(fit_fold, config, dataset, train_fold, k, run_dir, devices[k % len(devices)], threads): k
+            for k in range(config.folds)
+        }  # fmt: skip
+        for future in as_completed(futures):
+            k = futures[future]
+            try:
+                outcomes[k] = future.result()
+            except Exception as exc:
+                for pending in futures:
+                    pending.cancel()
+                done = ", ".join(map(str, sorted(outcomes))) or "none"
+                raise HarnessError(f"fold {k} failed: {type(exc).__name__}: {' '.join(str(exc).split())} "
+                                   f"(finished folds: {done}; their checkpoints are in {run_dir})") from exc  # fmt: skip
+    return [outcomes[k] for k in range(config.folds)]
 
 
 def _best_epoch(history: list[dict[str, float]], metric) -> int | None:

@@ -107,3 +107,14 @@ def test_corrupt_checkpoint(capsys, workdir, views_dir, tmp_path):
 
 def test_missing_data_directory(capsys, workdir):
     _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", "no/such/dir"], "no/such/dir")
+
+
+def test_a_failing_fold_in_a_worker_stops_the_run_with_its_error(capsys, workdir, views_dir, tmp_path):
+    checkpoint = tmp_path / "broken.pt"
+    checkpoint.write_bytes(b"broken")
+    line = _expect_error(
+        capsys, workdir,
+        ["--model", "clip_multimodal", "--data", str(views_dir), "--workers", "2", f"model.pretrained={checkpoint}", *FAST],
+        "failed", "broken.pt",
+    )  # fmt: skip
+    assert line.startswith("error: fold ")

@@ -104,3 +104,13 @@ def test_frozen_features_are_cached_and_reused(workdir, views_dir):
     stamps = {p: p.stat().st_mtime_ns for p in cached}
     _cv(views_dir, {"train": {"epochs": 1}}, folds=2)
     assert {p: p.stat().st_mtime_ns for p in sorted((workdir / "data" / "cache").glob("clip-*.pt"))} == stamps
+
+
+def test_parallel_folds_give_the_same_oof_as_sequential_folds(workdir, views_dir):
+    layers = ({"train": {"epochs": 3}, "threads_per_fold": 1},)
+    sequential = _cv(views_dir, *layers, folds=2)
+    parallel = _cv(views_dir, *layers, {"workers": 2}, folds=2)
+    a = pd.read_parquet(f"{sequential['run_dir']}/oof.parquet")
+    b = pd.read_parquet(f"{parallel['run_dir']}/oof.parquet")
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert [row["msle"] for row in sequential["folds"]] == [row["msle"] for row in parallel["folds"]]
