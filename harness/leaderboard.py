@@ -29,8 +29,8 @@ __all__ = ["leaderboard", "render", "plot", "FORMATS", "COLUMNS"]
 FORMATS = ("table", "csv", "md")
 COLUMNS = ("rank", "model", "dataset", "kind", "metric", "cv_mean", "cv_std", "fold_scores", "seed", "folds",
            "params", "seconds", "run_id", "run_name", "fold_file")  # fmt: skip
-_PARAM_PREFIXES = ("model_params.", "train.")
-_SCHEMA = {"cv_std": pl.Float64, "fold_scores": pl.List(pl.Float64), "seed": pl.Int64, "seconds": pl.Float64}  # the settings that distinguish one run from another
+_PARAM_PREFIXES = ("model_params.", "train.")  # the settings that distinguish one run from another
+_SCHEMA = {"cv_std": pl.Float64, "fold_scores": pl.List(pl.Float64), "seed": pl.Int64, "seconds": pl.Float64}
 
 
 def leaderboard(dataset: str | None = None, metric: str | None = None, tracking_uri: str | None = None) -> pl.DataFrame:
@@ -79,10 +79,16 @@ def _search(uri: str, dataset: str | None, metric: str | None) -> list[Any]:
     runs, token = [], None
     while True:
         page = client.search_runs(experiment_ids, filter_string=query, max_results=1000, page_token=token)
-        runs += [run for run in page if run.data.tags.get("kind") and f"cv_{run.data.tags.get('metric')}_mean" in run.data.metrics]
+        runs += [run for run in page if _is_scored_parent(run)]
         token = page.token
         if not token:
             return runs
+
+
+def _is_scored_parent(run) -> bool:
+    """A CV run or ensemble (fold runs have no ``kind``) that got as far as its CV score."""
+    tags = run.data.tags
+    return bool(tags.get("kind")) and f"cv_{tags.get('metric')}_mean" in run.data.metrics
 
 
 def _row(run) -> dict[str, Any]:
@@ -126,6 +132,10 @@ def render(frame: pl.DataFrame, format: str = "table") -> str:
     return _rich_table(text)
 
 
+def _direction(metric: str) -> str:
+    return f"{'higher' if get_metric(metric).greater_is_better else 'lower'} is better"
+
+
 def _joined(column: str, fmt) -> pl.Expr:
     return pl.col(column).map_elements(lambda scores: " / ".join(fmt(s) for s in scores), return_dtype=pl.String)
 
@@ -139,14 +149,14 @@ def _rich_table(text: pl.DataFrame) -> str:
     from rich.table import Table
 
     groups = text.select("dataset", "metric").unique(maintain_order=True).iter_rows()
-    title = "; ".join(f"{d} by {m} ({'higher' if get_metric(m).greater_is_better else 'lower'} is better)" for d, m in groups)
-    table = Table(title=f"leaderboard: {title}")
+    table = Table(title="leaderboard: " + "; ".join(f"{d} by {m} ({_direction(m)})" for d, m in groups))
     for column in text.columns:
         table.add_column(column, justify="right" if column in ("rank", "cv_mean", "cv_std", "seconds") else "left",
                          no_wrap=column in ("run_name", "run_id"))  # fmt: skip
     for row in text.iter_rows():
         table.add_row(*row)
-    width = sum(max(len(c), int(text[c].str.len_chars().max() or 0)) + 3 for c in text.columns)
+    # wide enough that no cell is cut: padding and a border per column, one closing border
+    width = 1 + sum(max(len(c), int(text[c].str.len_chars().max() or 0)) + 3 for c in text.columns)
     console = Console(width=max(100, width))
     with console.capture() as capture:
         console.print(table)
@@ -165,14 +175,13 @@ def plot(frame: pl.DataFrame, path: str | Path) -> Path:
         group = group.sort("rank")
         y = np.arange(group.height)
         for i, scores in enumerate(group["fold_scores"].to_list()):
-            ax.scatter(scores, [i] * len(scores), s=14, color="tab:gray", alpha=0.7, label="fold" if i == 0 else None)
+            ax.scatter(scores, [i] * len(scores), s=18, color="tab:orange", zorder=3, label="fold" if i == 0 else None)
         ax.errorbar(group["cv_mean"].to_numpy(), y, xerr=group["cv_std"].fill_null(0.0).to_numpy(), fmt="o",
-                    color="tab:blue", capsize=3, label="CV mean ± std")  # fmt: skip
+                    color="tab:blue", alpha=0.8, capsize=3, label="CV mean ± std")  # fmt: skip
         ax.set_yticks(y, [f"{r}. {n}" for r, n in zip(group["rank"], group["run_name"])])
         ax.invert_yaxis()
         metric = group["metric"][0]
-        direction = "higher" if get_metric(metric).greater_is_better else "lower"
-        ax.set(title=f"{group['dataset'][0]}: {metric} ({direction} is better)", xlabel=metric)
+        ax.set(title=f"{group['dataset'][0]}: {metric} ({_direction(metric)})", xlabel=metric)
         ax.grid(axis="x", alpha=0.3)
         ax.legend(loc="best", fontsize="small")
     fig.tight_layout()

@@ -22,7 +22,8 @@ def store(views_template, tmp_path_factory):
         def cv(hidden_dim, metric="msle"):
             cfg = make_run_config(
                 "clip_multimodal", {"train": {"progress": False, "epochs": 2}},
-                {"folds": 2, "metric": metric, "data": {"dir": str(views_template)}}, {"model": {"hidden_dim": hidden_dim}},
+                {"folds": 2, "metric": metric, "data": {"dir": str(views_template)}},
+                {"model": {"hidden_dim": hidden_dim}},
             )  # fmt: skip
             return run_cv(cfg, log=lambda m: None)
 
