@@ -82,8 +82,23 @@ def resolve_run_config(config: RunConfig) -> RunConfig:
     )
 
 
-def run_cv(config: RunConfig, *, log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Cross-validate ``config.model``; returns scores, paths and ids as a plain dict."""
+def run_cv(
+    config: RunConfig,
+    *,
+    log: Callable[[str], Any] = print,
+    on_fold: Callable[[int, float], None] | None = None,
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Cross-validate ``config.model``; returns scores, paths and ids as a plain dict.
+
+    Args:
+        on_fold: called with ``(fold, score)`` as each fold finishes (in fold order when folds run
+            sequentially, in completion order otherwise); an exception it raises (e.g. Optuna's
+            ``TrialPruned``) stops the run. Used by tuning to prune on fold scores.
+        nested: log the MLflow run under the active one (a study's parent run).
+        tags: extra MLflow tags of the run.
+    """
     # configuration
     config = resolve_run_config(config)
     entry = get_model_entry(config.model)
@@ -112,7 +127,8 @@ def run_cv(config: RunConfig, *, log: Callable[[str], Any] = print) -> dict[str,
     oof = [None] * len(dataset.train)
     test_predictions, fold_rows, histories = [], [], {}
     started = time.perf_counter()
-    with tracker.run(run_name, tags={"model": config.model, "dataset": dataset.name, "kind": "cv"}) as run_id:
+    run_tags = {"model": config.model, "dataset": dataset.name, "kind": "cv", **(tags or {})}
+    with tracker.run(run_name, nested=nested, tags=run_tags) as run_id:
         tracker.log_params(flatten(resolved))
         tracker.set_tags({
             "seed": config.seed, "metric": metric.name, "greater_is_better": metric.greater_is_better,
@@ -121,7 +137,7 @@ def run_cv(config: RunConfig, *, log: Callable[[str], Any] = print) -> dict[str,
         })  # fmt: skip
 
         # model training: folds in this process, or one worker process per device
-        outcomes = run_folds(config, dataset, train_fold, run_dir, devices, log)
+        outcomes = run_folds(config, dataset, train_fold, run_dir, devices, log, on_fold)
         for outcome in outcomes:
             k, score, explained = outcome.fold, outcome.score, outcome.explained
             histories[k] = outcome.history
@@ -251,18 +267,24 @@ def fit_fold(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, k: int
     )  # fmt: skip
 
 
-def run_folds(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, run_dir: Path,
-              devices: list[str], log: Callable[[str], Any] = print) -> list[FoldOutcome]:  # fmt: skip
+def run_folds(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, run_dir: Path, devices: list[str],
+              log: Callable[[str], Any] = print, on_fold: Callable[[int, float], None] | None = None,
+              ) -> list[FoldOutcome]:  # fmt: skip
     """Every fold, in fold order: sequentially, or in one worker process per device.
 
     Workers are started with ``spawn`` (safe with CUDA and threads). The first failing fold stops
     the run with its error; folds already finished keep their checkpoints in ``run_dir``.
     """
     threads = _threads(config, devices)
+    report = on_fold or (lambda fold, score: None)
     if len(devices) == 1:
         previous = torch.get_num_threads()
         try:
-            return [fit_fold(config, dataset, train_fold, k, run_dir, devices[0], threads, log) for k in range(config.folds)]
+            outcomes = []
+            for k in range(config.folds):
+                outcomes.append(fit_fold(config, dataset, train_fold, k, run_dir, devices[0], threads, log))
+                report(k, outcomes[-1].score)
+            return outcomes
         finally:
             torch.set_num_threads(previous)
     outcomes: dict[int, FoldOutcome] = {}
@@ -281,6 +303,12 @@ def run_folds(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, run_d
                 done = ", ".join(map(str, sorted(outcomes))) or "none"
                 raise HarnessError(f"fold {k} failed: {type(exc).__name__}: {' '.join(str(exc).split())} "
                                    f"(finished folds: {done}; their checkpoints are in {run_dir})") from exc  # fmt: skip
+            try:
+                report(k, outcomes[k].score)
+            except BaseException:
+                for pending in futures:
+                    pending.cancel()
+                raise
     return [outcomes[k] for k in range(config.folds)]
 
 

@@ -118,3 +118,23 @@ def test_a_failing_fold_in_a_worker_stops_the_run_with_its_error(capsys, workdir
         "failed", "broken.pt",
     )  # fmt: skip
     assert line.startswith("error: fold ")
+
+
+def test_ensemble_and_leaderboard_commands(capsys, workdir, views_dir):
+    from harness.cv import make_run_config, run_cv
+
+    runs = [
+        run_cv(make_run_config("clip_multimodal", {"folds": 2, "data": {"dir": str(views_dir)}},
+                               {"train": {"epochs": 2, "progress": False}, "model": {"hidden_dim": width}}),
+               log=lambda message: None)
+        for width in (8, 16)
+    ]  # fmt: skip
+    ids = ",".join(run["run_id"] for run in runs)
+    code, _, err = _run(capsys, "ensemble", "--runs", ids, "--method", "weighted_mean", "--weights", "0.25,0.75")
+    assert code == 0, err
+    assert len(list((workdir / "submissions").glob("ensemble-weighted_mean-*.csv"))) == 1
+    code, out, err = _run(capsys, "leaderboard", "--dataset", "views", "--format", "csv")
+    assert code == 0, err
+    assert all(run["run_name"] in out for run in runs) and "ensemble" in out
+    code, _, err = _run(capsys, "ensemble", "--runs", ids, "--method", "weighted_mean", "--weights", "a,b")
+    assert code == 2 and "--weights must be comma-separated numbers" in err
