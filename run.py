@@ -3,6 +3,7 @@
     python run.py --model clip_multimodal --folds 3
     python run.py --model clip_multimodal --config my.yaml model.freeze_clip=false train.lr=3e-4
     python run.py --list-models
+    python run.py tune --model clip_multimodal --folds 3 --trials 30
     python run.py ensemble --runs ID1,ID2 --method weighted_mean --weights optimize
     python run.py leaderboard --dataset views --format md
 """
@@ -31,8 +32,19 @@ def cv_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--workers", type=int, help="run this many folds at once, one process each (default 1)")
     parser.add_argument("--devices", help="comma-separated devices, one fold worker each (e.g. cuda:0,cuda:1)")
+    parser.add_argument("--params", metavar="best", choices=("best",), help="start from the best tuned params")
     parser.add_argument("--list-models", action="store_true", help="list the registered model families and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser
+
+
+def tune_parser() -> argparse.ArgumentParser:
+    parser = cv_parser()
+    parser.prog = "run.py tune"
+    parser.description = "Tune a family's search space with Optuna, pruning on fold scores."
+    parser.add_argument("--trials", type=int, default=30, help="total trials of the study, across all workers")
+    parser.add_argument("--study", help="study name (default <model>-<dataset>); an existing study resumes")
+    parser.add_argument("--storage", help="RDB URL shared by workers (default sqlite:///leaderboard/optuna.db)")
     return parser
 
 
@@ -74,18 +86,42 @@ def list_models_table() -> None:
     Console().print(table)
 
 
+def config_layers(args: argparse.Namespace) -> tuple:
+    """YAML < best tuned params < key=value < flags."""
+    from harness.config import load_yaml, parse_overrides
+
+    if not args.model:
+        raise HarnessError("--model is required (see --list-models).")
+    flags = {"folds": args.folds, "seed": args.seed, "device": args.device, "workers": args.workers,
+             "devices": args.devices, "data": {"dir": args.data}}  # fmt: skip
+    best = None
+    if args.params == "best":
+        from harness.tune import load_best_params
+
+        best = load_best_params(args.model)
+    return (
+        load_yaml(args.config) if args.config else None,
+        best,
+        parse_overrides(args.overrides),
+        flags,
+    )
+
+
 def cross_validate(args: argparse.Namespace) -> None:
     if args.list_models:
         return list_models_table()
-    if not args.model:
-        raise HarnessError("--model is required (see --list-models).")
-    from harness.config import load_yaml, parse_overrides
     from harness.cv import make_run_config, run_cv
 
-    flags = {"folds": args.folds, "seed": args.seed, "device": args.device, "workers": args.workers,
-             "devices": args.devices, "data": {"dir": args.data}}  # fmt: skip
-    layers = (load_yaml(args.config) if args.config else None, parse_overrides(args.overrides), flags)
-    run_cv(make_run_config(args.model, *layers))
+    run_cv(make_run_config(args.model, *config_layers(args)))
+
+
+def tune(args: argparse.Namespace) -> None:
+    from harness.tune import tune as run_study
+
+    result = run_study(args.model, args.trials, layers=config_layers(args), study_name=args.study, storage=args.storage)
+    print(f"study {result['study']}: {result['n_complete']} complete, {result['n_pruned']} pruned, "
+          f"{result['n_failed']} failed; best {result['best_value']:.4f} with {result['best_params']}")  # fmt: skip
+    print(f"best params: {result['best_params_path']} (reuse with --params best)")
 
 
 def ensemble(args: argparse.Namespace) -> None:
@@ -110,7 +146,11 @@ def leaderboard(args: argparse.Namespace) -> None:
         print(f"plot: {plot(frame, args.plot)}")
 
 
-COMMANDS = {"ensemble": (ensemble_parser, ensemble), "leaderboard": (leaderboard_parser, leaderboard)}
+COMMANDS = {
+    "tune": (tune_parser, tune),
+    "ensemble": (ensemble_parser, ensemble),
+    "leaderboard": (leaderboard_parser, leaderboard),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

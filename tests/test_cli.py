@@ -138,3 +138,18 @@ def test_ensemble_and_leaderboard_commands(capsys, workdir, views_dir):
     assert all(run["run_name"] in out for run in runs) and "ensemble" in out
     code, _, err = _run(capsys, "ensemble", "--runs", ids, "--method", "weighted_mean", "--weights", "a,b")
     assert code == 2 and "--weights must be comma-separated numbers" in err
+
+
+def test_tune_then_reuse_the_best_params(capsys, workdir, views_dir):
+    code, out, err = _run(capsys, "tune", "--model", "clip_multimodal", "--folds", "2", "--trials", "2",
+                          "--data", str(views_dir), "train.epochs=1", "train.progress=false")  # fmt: skip
+    assert code == 0, err
+    assert "best params: " in out and (workdir / "leaderboard" / "best_params" / "clip_multimodal.yaml").exists()
+    code, _, err = _run(capsys, "--model", "clip_multimodal", "--folds", "2", "--data", str(views_dir),
+                        "--params", "best", *FAST)  # fmt: skip
+    assert code == 0, err
+
+
+def test_best_params_before_tuning_is_an_error(capsys, workdir, views_dir):
+    _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", str(views_dir), "--params", "best"],
+                  "run.py tune")  # fmt: skip
