@@ -1,7 +1,6 @@
 """The views dataset: the generator is deterministic and plants its signal; the reader validates."""
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
