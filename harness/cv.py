@@ -105,6 +105,7 @@ def run_cv(
     metric = get_metric(config.metric)
     adapter = get_task_adapter(entry.task)
     devices = resolve_devices(config)
+    threads = _threads(config, devices)
     seed_everything(config.seed)
 
     # data and folds
@@ -122,7 +123,7 @@ def run_cv(
     resolved = dataclasses.asdict(config)
     log(f"{run_name}: {config.model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test rows), "
         f"{config.folds} {config.fold_scheme} folds, metric {metric.name}, "
-        f"devices {','.join(devices)}, {_threads(config, devices)} threads per fold, seed {config.seed}")  # fmt: skip
+        f"devices {','.join(devices)}, {threads} threads per fold, seed {config.seed}")  # fmt: skip
 
     oof = [None] * len(dataset.train)
     test_predictions, fold_rows, histories = [], [], {}
@@ -133,7 +134,8 @@ def run_cv(
         tracker.set_tags({
             "seed": config.seed, "metric": metric.name, "greater_is_better": metric.greater_is_better,
             "fold_file": fold_path.name, "data_fingerprint": dataset.fingerprint, "git_commit": git_commit(),
-            "devices": ",".join(devices), "threads_per_fold": _threads(config, devices), **{f"version.{k}": v for k, v in package_versions().items()},
+            "devices": ",".join(devices), "threads_per_fold": threads,
+            **{f"version.{k}": v for k, v in package_versions().items()},
         })  # fmt: skip
 
         # model training: folds in this process, or one worker process per device
@@ -189,11 +191,10 @@ def run_cv(
         }
         for name, write in artifacts.items():
             atomic_write(run_dir / name, write)
-        for figure_path in plots.cv_plots(run_dir, dataset, oof, histories, metric):
-            artifacts[figure_path.name] = None
+        figures = plots.cv_plots(run_dir, dataset, oof, histories, metric)
         atomic_write(submission_path, lambda p: submission.to_csv(p, index=False))
-        for name in artifacts:
-            tracker.log_artifact(run_dir / name)
+        for path in [run_dir / name for name in artifacts] + figures:
+            tracker.log_artifact(path)
         tracker.log_artifact(submission_path, "submission")
 
     result = {
@@ -233,6 +234,8 @@ def resolve_devices(config: RunConfig) -> list[str]:
 def _threads(config: RunConfig, devices: list[str]) -> int:
     """Torch threads per fold: part of the numerics (CPU reductions depend on it), so it is logged."""
     if config.threads_per_fold is not None:
+        if config.threads_per_fold < 1:
+            raise HarnessError(f"threads_per_fold must be at least 1, got {config.threads_per_fold}.")
         return config.threads_per_fold
     return max(1, (os.cpu_count() or 1) // min(len(devices), config.folds))
 
