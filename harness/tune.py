@@ -125,6 +125,9 @@ def tune(
         )
 
     def objective(trial: optuna.Trial) -> float:
+        if _is_surplus(study, trial.number, n_trials):
+            study.stop()  # the cap is already claimed by finished and running trials
+            raise SurplusTrial(f"trial {trial.number} started after the study's {n_trials} trials were claimed")
         trial_config = make_run_config(model, quiet_layer, *layers, entry.search_space(trial))
 
         def report(fold: int, score: float) -> None:
@@ -154,6 +157,7 @@ def tune(
             study.optimize(
                 objective,
                 n_trials=None,
+                catch=(SurplusTrial,),
                 callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=_FINISHED), progress],
             )
 
@@ -175,6 +179,21 @@ def tune(
         "best_params": best_params,
         "best_params_path": str(path),
     }
+
+
+class SurplusTrial(Exception):
+    """A worker asked for a trial after the cap was claimed; the trial is failed and the worker stops."""
+
+
+def _is_surplus(study: optuna.Study, number: int, cap: int) -> bool:
+    """Whether the trials numbered before ``number`` (finished or running) already fill the cap.
+
+    Trial numbers are handed out in order by the storage, so every worker reaches the same
+    verdict without a lock: the cap holds across processes and machines, not per process.
+    """
+    states = (*_FINISHED, TrialState.RUNNING)
+    claimed = sum(1 for t in study.get_trials(deepcopy=False, states=states) if t.number < number)
+    return claimed >= cap
 
 
 def _has_complete(study: optuna.Study) -> bool:
