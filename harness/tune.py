@@ -11,6 +11,7 @@ Every trial is an MLflow run nested under one parent run per study invocation.
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -104,12 +105,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is our one line per trial
     with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; relied on here
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rdb = optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=_HEARTBEAT_S,
-            grace_period=_GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=_MAX_RETRY),
-        )
+        rdb = _rdb_storage(url)
     study = optuna.create_study(
         study_name=name,
         storage=rdb,
@@ -179,6 +175,30 @@ def tune(
         "best_params": best_params,
         "best_params_path": str(path),
     }
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage with heartbeats and retries of a dead worker's trial.
+
+    Workers started at the same moment race to create Optuna's tables; the loser of that race
+    gets an integrity error from the database and simply connects again.
+    """
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    def connect() -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=_HEARTBEAT_S,
+            grace_period=_GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=_MAX_RETRY),
+        )
+
+    for attempt in range(attempts - 1):
+        try:
+            return connect()
+        except (IntegrityError, OperationalError):
+            time.sleep(0.5 * (attempt + 1))
+    return connect()
 
 
 class SurplusTrial(Exception):
