@@ -59,6 +59,9 @@ def ensemble_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--weights", help="weighted_mean: comma-separated weights, or 'optimize' (fitted on OOF)")
     parser.add_argument("--stacker", choices=STACKERS, default="ridge", help="stacking: level-2 model")
+    parser.add_argument("--fold-models", action="store_true", help="blend the fold models of the one run in --runs")
+    parser.add_argument("--use-best-checkpoint", choices=("true", "false"), default="true",
+                        help="with --fold-models: best-epoch weights (true) or last-epoch weights (false)")  # fmt: skip
     return parser
 
 
@@ -125,7 +128,7 @@ def tune(args: argparse.Namespace) -> None:
 
 
 def ensemble(args: argparse.Namespace) -> None:
-    from harness.ensemble import run_ensemble, top_runs
+    from harness.ensemble import fold_ensemble, run_ensemble, top_runs
 
     run_ids = args.runs.split(",") if args.runs else top_runs(args.dataset, args.top)
     weights = args.weights
@@ -134,6 +137,11 @@ def ensemble(args: argparse.Namespace) -> None:
             weights = [float(w) for w in weights.split(",")]
         except ValueError:
             raise HarnessError(f"--weights must be comma-separated numbers or 'optimize', got {args.weights!r}.") from None
+    if args.fold_models:
+        if len(run_ids) != 1 or weights == "optimize":
+            raise HarnessError("--fold-models blends the folds of exactly one run (--runs ID), with given weights.")
+        fold_ensemble(run_ids[0], args.method, use_best_checkpoint=args.use_best_checkpoint == "true", weights=weights)
+        return
     run_ensemble(run_ids, args.method, weights=weights, stacker=args.stacker)
 
 

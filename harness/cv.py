@@ -28,9 +28,9 @@ from harness.config import RunConfig, build, flatten, merge
 from harness.data import Dataset, get_dataset_spec, load_dataset
 from harness.errors import HarnessError
 from harness.folds import get_folds
-from harness.io import atomic_write
+from harness.io import atomic_write, load_checkpoint
 from harness.metrics import get_metric
-from harness.registry import FitContext, create_model, get_model_entry
+from harness.registry import Family, FitContext, create_model, get_model_entry
 from harness.runtime import git_commit, package_versions, resolve_device, seed_everything
 from harness.tasks import get_task_adapter
 from harness.tracking import DEFAULT_DIR, NullTracker, Tracker
@@ -174,10 +174,7 @@ def run_cv(
         ids = dataset.train[dataset.id_col].astype(str)
         test_ids = dataset.test[dataset.id_col].astype(str)
         oof_frame = adapter.to_frame(ids, oof).assign(fold=train_fold)
-        test_frame = pd.concat(
-            [adapter.to_frame(test_ids, pred, f"fold_{k}") for k, pred in enumerate(test_predictions)], axis=1
-        )
-        test_frame = test_frame.loc[:, ~test_frame.columns.duplicated()]
+        test_frame = _per_fold_frame(adapter, test_ids, test_predictions)
         submission = adapter.submission(dataset, test_ids, adapter.average(test_predictions))
         submission_path = Path(config.submissions_dir) / f"{run_name}.csv"
 
@@ -189,6 +186,15 @@ def run_cv(
             "scores.json": lambda p: p.write_text(json.dumps({"folds": fold_rows, **summary}, indent=2)),
             "config.yaml": lambda p: p.write_text(yaml.safe_dump(resolved, sort_keys=False)),
         }
+        if all(outcome.test_pred_final is not None for outcome in outcomes):
+            # The last epoch's weights too: ensembles may use them instead of the best epoch's.
+            oof_final = np.empty_like(oof)
+            for outcome in outcomes:
+                oof_final[train_fold == outcome.fold] = outcome.valid_pred_final
+            final_oof_frame = adapter.to_frame(ids, oof_final).assign(fold=train_fold)
+            final_test_frame = _per_fold_frame(adapter, test_ids, [outcome.test_pred_final for outcome in outcomes])
+            artifacts["oof_final.parquet"] = lambda p: final_oof_frame.to_parquet(p, index=False)
+            artifacts["test_predictions_final.parquet"] = lambda p: final_test_frame.to_parquet(p, index=False)
         for name, write in artifacts.items():
             atomic_write(run_dir / name, write)
         figures = plots.cv_plots(run_dir, dataset, oof, histories, metric)
@@ -220,6 +226,8 @@ class FoldOutcome:
     history: list[dict[str, float]]
     seconds: float
     device: str
+    valid_pred_final: np.ndarray | None = None  # with the last epoch's weights (final.pt), if the family can
+    test_pred_final: np.ndarray | None = None
 
 
 def resolve_devices(config: RunConfig) -> list[str]:
@@ -263,11 +271,17 @@ def fit_fold(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, k: int
     baseline = adapter.score(metric, dataset, valid_part, adapter.baseline(dataset, train_part, valid_part))
     seconds = time.perf_counter() - started
     log(f"fold {k}: {metric.name} {score:.4f} (baseline {baseline:.4f}) in {seconds:.0f}s on {device}")
-    return FoldOutcome(
+    outcome = FoldOutcome(
         fold=k, valid_pred=valid_pred, test_pred=family.predict(dataset.test), score=score, baseline=baseline,
         explained={name: float(v) for name, v in family.explain().items()}, history=history, seconds=seconds,
         device=device,
     )  # fmt: skip
+    final = ctx.workdir / "final.pt"
+    if final.exists() and type(family).load_weights is not Family.load_weights:
+        family.load_weights(load_checkpoint(final)["state_dict"])
+        outcome.valid_pred_final = family.predict(valid_part)
+        outcome.test_pred_final = family.predict(dataset.test)
+    return outcome
 
 
 def run_folds(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, run_dir: Path, devices: list[str],
@@ -313,6 +327,12 @@ def run_folds(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, run_d
                     pending.cancel()
                 raise
     return [outcomes[k] for k in range(config.folds)]
+
+
+def _per_fold_frame(adapter, ids: pd.Series, predictions: list[np.ndarray]) -> pd.DataFrame:
+    """``id, fold_0, fold_1, ...``: each fold model's predictions side by side."""
+    frame = pd.concat([adapter.to_frame(ids, pred, f"fold_{k}") for k, pred in enumerate(predictions)], axis=1)
+    return frame.loc[:, ~frame.columns.duplicated()]
 
 
 def _best_epoch(history: list[dict[str, float]], metric) -> int | None:

@@ -111,6 +111,10 @@ class Member:
         """``[T]`` or ``[T, C]`` test predictions: the fold models' predictions averaged."""
         if any(c == "prediction" or c.startswith("prediction_") for c in self.test.columns):
             return _prediction_values(self.test, self.label, "test_predictions.parquet")
+        return np.mean(self.fold_test_values(), axis=0)
+
+    def fold_test_values(self) -> np.ndarray:
+        """``[K, T]`` or ``[K, T, C]``: each fold model's test predictions."""
         per_fold: dict[int, dict[int, str]] = {}
         for column in self.test.columns:
             match = _TEST_COLUMN.fullmatch(str(column))
@@ -125,7 +129,7 @@ class Member:
             names = [columns[-1]] if -1 in columns else [columns[c] for c in sorted(columns)]
             values = self.test[names].to_numpy(dtype=float)
             stacks.append(values[:, 0] if -1 in columns else values)
-        return np.mean(np.stack(stacks), axis=0)
+        return np.stack(stacks)
 
 
 def _prediction_values(frame: pd.DataFrame, label: str, file: str) -> np.ndarray:
@@ -157,8 +161,12 @@ def _quiet_downloads():
             os.environ[_PROGRESS_BAR] = previous
 
 
-def load_member(run_id: str) -> Member:
-    """Read a run's tags and download its ``oof.parquet``, ``test_predictions.parquet`` and ``config.yaml``."""
+def load_member(run_id: str, checkpoint: str = "best") -> Member:
+    """Read a run's tags and download its ``oof.parquet``, ``test_predictions.parquet`` and ``config.yaml``.
+
+    ``checkpoint="final"`` reads the predictions of the fold models' last-epoch weights instead
+    (``oof_final.parquet``, ``test_predictions_final.parquet``).
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -173,13 +181,16 @@ def load_member(run_id: str) -> Member:
     if missing:
         raise HarnessError(f"Run {run_id!r} has no {', '.join(missing)} tag: it is not a finished CV run.")
     with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+        suffix = "" if checkpoint == "best" else "_final"
+        remote = {"oof.parquet": f"oof{suffix}.parquet", "test_predictions.parquet": f"test_predictions{suffix}.parquet",
+                  "config.yaml": "config.yaml"}  # fmt: skip
         files = {}
-        for name in ("oof.parquet", "test_predictions.parquet", "config.yaml"):
+        for name, artifact in remote.items():
             try:
-                files[name] = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp))
+                files[name] = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp))
             except (MlflowException, OSError) as exc:
                 reason = " ".join(str(exc).split())[:160]
-                raise HarnessError(f"Run {run_id!r} has no artifact {name} ({reason}).") from None
+                raise HarnessError(f"Run {run_id!r} has no artifact {artifact} ({reason}).") from None
         oof = pd.read_parquet(files["oof.parquet"])
         test = pd.read_parquet(files["test_predictions.parquet"])
         config = yaml.safe_load(files["config.yaml"].read_text()) or {}
@@ -608,3 +619,45 @@ def run_ensemble(
         "weights": used_weights, "member_scores": member_scores, f"best_member_{key}": best, **summary,
         "folds": scores["folds"], "submission": str(submission_path), "tracking_uri": tracker.uri,
     }  # fmt: skip
+
+
+def fold_ensemble(
+    run_id: str,
+    method: str,
+    *,
+    use_best_checkpoint: bool = True,
+    weights: Sequence[float] | None = None,
+    submissions_dir: str | Path = "submissions",
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Blend one CV run's fold models on the test set, with their best or last-epoch weights.
+
+    The seed's ``use_best_checkpoint`` / ``ensemble_method`` options: ``method`` is ``mean``,
+    ``median`` or ``weighted_mean`` (``weights`` one per fold). The OOF score reported is that of
+    the chosen checkpoint (each row predicted by the fold model that did not train on it).
+    """
+    from harness.tasks import get_task_adapter
+
+    blenders = {"mean": mean, "median": median, "weighted_mean": lambda P: weighted_mean(P, weights)}
+    if method not in blenders:
+        raise HarnessError(f"Fold-model ensembles take mean, median or weighted_mean, got {method!r}.")
+    if (weights is not None) != (method == "weighted_mean"):
+        raise HarnessError("--weights (one per fold) goes with --method weighted_mean, and only with it.")
+    checkpoint = "best" if use_best_checkpoint else "final"
+    member = load_member(run_id, checkpoint)
+    folds = member.fold_test_values()
+    if weights is not None:
+        normalise_weights(weights, len(folds))
+    blended = blenders[method](folds)
+    dataset, rows = _load_targets(member, log)
+    adapter = get_task_adapter(dataset.task)
+    metric = get_metric(member.metric)
+    oof_score = adapter.score(metric, dataset, rows, member.oof_values())
+    submission = adapter.submission(dataset, pd.Series(member.test_ids), blended)
+    path = Path(submissions_dir) / f"{member.run_name}-folds-{method}-{checkpoint}.csv"
+    atomic_write(path, lambda p: submission.to_csv(p, index=False))
+    log(f"{member.run_name}: {len(folds)} fold models, {checkpoint} checkpoints, {method}; "
+        f"OOF {metric.name} {oof_score:.4f}")  # fmt: skip
+    log(f"Submission: {path}")
+    return {"run_id": run_id, "checkpoint": checkpoint, "method": method, f"oof_{metric.name}": oof_score,
+            "submission": str(path)}  # fmt: skip

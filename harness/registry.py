@@ -75,6 +75,14 @@ class Family(abc.ABC):
         """Interpretable scalars after training, keyed ``group/name`` (e.g. ``weights/image``)."""
         return {}
 
+    def load_weights(self, state_dict: dict[str, Any]) -> None:
+        """Swap in other trained weights (e.g. the last epoch's, ``final.pt``) before predicting.
+
+        Optional: families trained by the harness loop implement it, so the CV runner can also
+        predict with the final checkpoint (the seed's ``use_best_checkpoint=false``).
+        """
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class ModelEntry:

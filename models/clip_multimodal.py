@@ -188,6 +188,9 @@ class ClipMultimodal(Family):
     def explain(self) -> dict[str, float]:
         return self.model.epoch_logs()
 
+    def load_weights(self, state_dict: dict[str, Any]) -> None:
+        self.model.load_state_dict(state_dict)
+
     # -- inputs ---------------------------------------------------------------------------------
 
     def _rows(self, part: pd.DataFrame) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The command line: success path, and one-line errors with nothing half-written on bad input."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -153,3 +154,21 @@ def test_tune_then_reuse_the_best_params(capsys, workdir, views_dir):
 def test_best_params_before_tuning_is_an_error(capsys, workdir, views_dir):
     _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", str(views_dir), "--params", "best"],
                   "run.py tune")  # fmt: skip
+
+
+def test_fold_model_ensembles_with_best_or_final_checkpoints(capsys, workdir, views_dir):
+    from harness.cv import make_run_config, run_cv
+
+    result = run_cv(make_run_config("clip_multimodal", {"folds": 2, "data": {"dir": str(views_dir)}},
+                                    {"train": {"epochs": 3, "progress": False}}), log=lambda message: None)  # fmt: skip
+    run_dir = workdir / result["run_dir"]
+    for checkpoint, flag, suffix in (("best", "true", ""), ("final", "false", "_final")):
+        code, out, err = _run(capsys, "ensemble", "--runs", result["run_id"], "--fold-models", "--method", "median",
+                              "--use-best-checkpoint", flag)  # fmt: skip
+        assert code == 0, err
+        submission = pd.read_csv(workdir / "submissions" / f"{result['run_name']}-folds-median-{checkpoint}.csv")
+        per_fold = pd.read_parquet(run_dir / f"test_predictions{suffix}.parquet")
+        assert np.allclose(submission["views"], per_fold[["fold_0", "fold_1"]].median(axis=1))
+    best = pd.read_parquet(run_dir / "oof.parquet")
+    final = pd.read_parquet(run_dir / "oof_final.parquet")
+    assert best["id"].tolist() == final["id"].tolist() and best["fold"].tolist() == final["fold"].tolist()
