@@ -114,6 +114,7 @@ def run_cv(
         reader_options=config.data.options, log=log,
     )  # fmt: skip
     fold_path, folds = get_folds(dataset, config.fold_scheme, config.folds, config.seed, config.folds_dir)
+    adapter.check_folds(dataset, folds)
     fold_of = dict(zip(folds["id"], folds["fold"]))
     train_fold = dataset.train[dataset.id_col].astype(str).map(fold_of).to_numpy()
 
@@ -125,7 +126,6 @@ def run_cv(
         f"{config.folds} {config.fold_scheme} folds, metric {metric.name}, "
         f"devices {','.join(devices)}, {threads} threads per fold, seed {config.seed}")  # fmt: skip
 
-    oof = [None] * len(dataset.train)
     test_predictions, fold_rows, histories = [], [], {}
     started = time.perf_counter()
     run_tags = {"model": config.model, "dataset": dataset.name, "kind": "cv", **(tags or {})}
@@ -150,24 +150,27 @@ def run_cv(
                 tracker.log_metrics({metric.name: score, f"baseline_{metric.name}": outcome.baseline,
                                      "seconds": outcome.seconds, **explained})  # fmt: skip
             tracker.log_metrics({f"fold_{k}/{metric.name}": score, **{f"fold_{k}/{n}": v for n, v in explained.items()}})
-            for position, index in enumerate(np.flatnonzero(train_fold == k)):
-                oof[index] = outcome.valid_pred[position]
             test_predictions.append(outcome.test_pred)
             fold_rows.append({"fold": k, "n_valid": int((train_fold == k).sum()), metric.name: score,
                               f"baseline_{metric.name}": outcome.baseline,
                               "best_epoch": _best_epoch(outcome.history, metric), "seconds": outcome.seconds,
                               **explained})  # fmt: skip
 
-        # model evaluation
-        oof = np.stack(oof) if np.ndim(oof[0]) else np.asarray(oof, dtype=float)
+        # model evaluation: out-of-fold, and the test rows when their targets are known
+        oof = adapter.assemble(len(dataset.train), [(np.flatnonzero(train_fold == o.fold), o.valid_pred) for o in outcomes])
+        test_average = adapter.average(test_predictions)
         fold_scores = np.array([row[metric.name] for row in fold_rows])
         summary = {
             f"cv_{metric.name}_mean": float(fold_scores.mean()),
             f"cv_{metric.name}_std": float(fold_scores.std(ddof=0)),
             f"oof_{metric.name}": adapter.score(metric, dataset, dataset.train, oof),
             f"baseline_{metric.name}_mean": float(np.mean([row[f"baseline_{metric.name}"] for row in fold_rows])),
-            "seconds": time.perf_counter() - started,
+            **{f"oof_{name}": value for name, value in adapter.report(dataset, dataset.train, oof).items()},
         }
+        if dataset.target_col in dataset.test.columns:
+            summary[f"test_{metric.name}"] = adapter.score(metric, dataset, dataset.test, test_average)
+            summary.update({f"test_{name}": v for name, v in adapter.report(dataset, dataset.test, test_average).items()})
+        summary["seconds"] = time.perf_counter() - started
         tracker.log_metrics(summary)
 
         # artifacts: predictions with ids, fold file, plots, submission
@@ -175,7 +178,7 @@ def run_cv(
         test_ids = dataset.test[dataset.id_col].astype(str)
         oof_frame = adapter.to_frame(ids, oof).assign(fold=train_fold)
         test_frame = _per_fold_frame(adapter, test_ids, test_predictions)
-        submission = adapter.submission(dataset, test_ids, adapter.average(test_predictions))
+        submission = adapter.submission(dataset, test_ids, test_average)
         submission_path = Path(config.submissions_dir) / f"{run_name}.csv"
 
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -188,16 +191,16 @@ def run_cv(
         }
         if all(outcome.test_pred_final is not None for outcome in outcomes):
             # The last epoch's weights too: ensembles may use them instead of the best epoch's.
-            oof_final = np.empty_like(oof)
-            for outcome in outcomes:
-                oof_final[train_fold == outcome.fold] = outcome.valid_pred_final
+            oof_final = adapter.assemble(
+                len(dataset.train), [(np.flatnonzero(train_fold == o.fold), o.valid_pred_final) for o in outcomes]
+            )
             final_oof_frame = adapter.to_frame(ids, oof_final).assign(fold=train_fold)
             final_test_frame = _per_fold_frame(adapter, test_ids, [outcome.test_pred_final for outcome in outcomes])
             artifacts["oof_final.parquet"] = lambda p: final_oof_frame.to_parquet(p, index=False)
             artifacts["test_predictions_final.parquet"] = lambda p: final_test_frame.to_parquet(p, index=False)
         for name, write in artifacts.items():
             atomic_write(run_dir / name, write)
-        figures = plots.cv_plots(run_dir, dataset, oof, histories, metric)
+        figures = plots.cv_plots(run_dir, dataset, oof, histories, metric, [o.explained for o in outcomes])
         atomic_write(submission_path, lambda p: submission.to_csv(p, index=False))
         for path in [run_dir / name for name in artifacts] + figures:
             tracker.log_artifact(path)

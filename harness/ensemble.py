@@ -40,6 +40,7 @@ from scipy.stats import rankdata
 from harness.errors import HarnessError
 from harness.io import atomic_write
 from harness.metrics import get_metric
+from harness.tracking import metric_key
 from harness.tracking import DEFAULT_DIR, Tracker, tracking_uri
 
 __all__ = [
@@ -227,7 +228,7 @@ def top_runs(dataset: str, n: int, metric: str | None = None) -> list[str]:
         filter_string=f"tags.kind = 'cv' and tags.metric = '{metric}' and attributes.status = 'FINISHED'",
         max_results=5000,
     )
-    key = f"oof_{metric}"
+    key = f"oof_{metric_key(metric)}"
     scored = [r for r in runs if key in r.data.metrics and np.isfinite(r.data.metrics[key])]
     if not scored:
         raise HarnessError(f"No finished CV runs of dataset {dataset!r} with metric {metric!r} in {tracking_uri()}.")
@@ -501,6 +502,14 @@ def _load_targets(member: Member, log: Callable[[str], Any]):
     return dataset, train.loc[ids].reset_index(drop=True)
 
 
+def _refuse_ranking(dataset) -> None:
+    if dataset.task.value == "sequential_recommendation":
+        raise HarnessError(
+            f"Dataset {dataset.name!r} is a sequential-recommendation task; `run.py ensemble` blends row-wise "
+            "predictions only. Fuse ranked lists in Python with harness.ranking.fuse (mean score or RRF)."
+        )
+
+
 def run_ensemble(
     run_ids: Sequence[str],
     method: str,
@@ -529,6 +538,7 @@ def run_ensemble(
     first = members[0]
     metric = get_metric(first.metric)
     dataset, rows = _load_targets(first, log)
+    _refuse_ranking(dataset)
     adapter = get_task_adapter(dataset.task)
     seed = int(first.config.get("seed", 42))
     folds = first.folds
@@ -650,6 +660,7 @@ def fold_ensemble(
         normalise_weights(weights, len(folds))
     blended = blenders[method](folds)
     dataset, rows = _load_targets(member, log)
+    _refuse_ranking(dataset)
     adapter = get_task_adapter(dataset.task)
     metric = get_metric(member.metric)
     oof_score = adapter.score(metric, dataset, rows, member.oof_values())

@@ -23,14 +23,16 @@ from harness import tracking  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.io import atomic_write  # noqa: E402
 from harness.metrics import get_metric  # noqa: E402
+from harness.tracking import metric_key  # noqa: E402
 
 __all__ = ["leaderboard", "render", "plot", "FORMATS", "COLUMNS"]
 
 FORMATS = ("table", "csv", "md")
-COLUMNS = ("rank", "model", "dataset", "kind", "metric", "cv_mean", "cv_std", "fold_scores", "seed", "folds",
+COLUMNS = ("rank", "model", "dataset", "kind", "metric", "cv_mean", "cv_std", "fold_scores", "test", "seed", "folds",
            "params", "seconds", "run_id", "run_name", "fold_file")  # fmt: skip
 _PARAM_PREFIXES = ("model_params.", "train.")  # the settings that distinguish one run from another
-_SCHEMA = {"cv_std": pl.Float64, "fold_scores": pl.List(pl.Float64), "seed": pl.Int64, "seconds": pl.Float64}
+_SCHEMA = {"cv_std": pl.Float64, "test": pl.Float64, "fold_scores": pl.List(pl.Float64), "seed": pl.Int64,
+           "seconds": pl.Float64}
 
 
 def leaderboard(dataset: str | None = None, metric: str | None = None, tracking_uri: str | None = None) -> pl.DataFrame:
@@ -88,18 +90,20 @@ def _search(uri: str, dataset: str | None, metric: str | None) -> list[Any]:
 def _is_scored_parent(run) -> bool:
     """A CV run or ensemble (fold runs have no ``kind``) that got as far as its CV score."""
     tags = run.data.tags
-    return bool(tags.get("kind")) and f"cv_{tags.get('metric')}_mean" in run.data.metrics
+    return bool(tags.get("kind")) and f"cv_{metric_key(tags.get('metric', ''))}_mean" in run.data.metrics
 
 
 def _row(run) -> dict[str, Any]:
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
     name = tags["metric"]
-    pattern = re.compile(rf"fold_(\d+)/{re.escape(name)}")
+    key = metric_key(name)  # as MLflow stores it
+    pattern = re.compile(rf"fold_(\d+)/{re.escape(key)}")
     folds = sorted((int(m[1]), value) for key, value in metrics.items() if (m := pattern.fullmatch(key)))
-    mean = metrics[f"cv_{name}_mean"]
+    mean = metrics[f"cv_{key}_mean"]
     return {
         "model": tags.get("model", "?"), "dataset": tags.get("dataset", "?"), "kind": tags["kind"], "metric": name,
-        "cv_mean": mean, "cv_std": metrics.get(f"cv_{name}_std"), "fold_scores": [value for _, value in folds],
+        "cv_mean": mean, "cv_std": metrics.get(f"cv_{key}_std"), "fold_scores": [value for _, value in folds],
+        "test": metrics.get(f"test_{key}"),
         "seed": int(tags["seed"]) if tags.get("seed", "").isdigit() else None, "folds": len(folds),
         "seconds": metrics.get("seconds"), "run_id": run.info.run_id, "run_name": run.info.run_name or run.info.run_id,
         "fold_file": tags.get("fold_file"), "_order": -mean if get_metric(name).greater_is_better else mean,
@@ -123,7 +127,7 @@ def render(frame: pl.DataFrame, format: str = "table") -> str:
         return frame.with_columns(_joined("fold_scores", repr)).write_csv()
     text = frame.with_columns(
         _joined("fold_scores", "{:.4f}".format),
-        *(pl.col(c).map_elements(_cell, return_dtype=pl.String) for c in ("cv_mean", "cv_std", "seconds")),
+        *(pl.col(c).map_elements(_cell, return_dtype=pl.String) for c in ("cv_mean", "cv_std", "test", "seconds")),
     ).with_columns(pl.all().cast(pl.String).fill_null("-"))
     if format == "md":
         lines = ["| " + " | ".join(text.columns) + " |", "|" + "---|" * len(text.columns)]
@@ -151,7 +155,7 @@ def _rich_table(text: pl.DataFrame) -> str:
     groups = text.select("dataset", "metric").unique(maintain_order=True).iter_rows()
     table = Table(title="leaderboard: " + "; ".join(f"{d} by {m} ({_direction(m)})" for d, m in groups))
     for column in text.columns:
-        table.add_column(column, justify="right" if column in ("rank", "cv_mean", "cv_std", "seconds") else "left",
+        table.add_column(column, justify="right" if column in ("rank", "cv_mean", "cv_std", "test", "seconds") else "left",
                          no_wrap=column in ("run_name", "run_id"))  # fmt: skip
     for row in text.iter_rows():
         table.add_row(*row)

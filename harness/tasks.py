@@ -47,6 +47,21 @@ class RowwiseTask:
         """A trivial prediction for ``valid`` learned from ``train`` alone, to read scores against."""
         raise NotImplementedError
 
+    def report(self, dataset, rows: pd.DataFrame, predictions: np.ndarray) -> dict[str, float]:
+        """Further metrics shown beside the run's own (none for row-wise tasks)."""
+        return {}
+
+    def check_folds(self, dataset, folds: pd.DataFrame) -> None:
+        """Task-specific leakage checks of a fold assignment (row-wise folds need none beyond ids)."""
+
+    def assemble(self, n_rows: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Out-of-fold predictions: each fold's predictions put back at its rows' positions."""
+        first = np.asarray(parts[0][1])
+        out = np.empty((n_rows, *first.shape[1:]), dtype=first.dtype if first.dtype.kind == "f" else float)
+        for index, predictions in parts:
+            out[index] = predictions
+        return out
+
     def average(self, predictions: list[np.ndarray]) -> np.ndarray:
         return np.mean(np.stack(predictions), axis=0)
 
@@ -86,9 +101,12 @@ class ClassificationTask(RowwiseTask):
         return pd.DataFrame({"id": ids.to_numpy(), dataset.target_col: labels})
 
 
-TASK_ADAPTERS: dict[TaskType, RowwiseTask] = {
+from harness.ranking import RankingTask  # noqa: E402  (depends on the metric engine only)
+
+TASK_ADAPTERS: dict[TaskType, RowwiseTask | RankingTask] = {
     TaskType.REGRESSION: RegressionTask(),
     TaskType.CLASSIFICATION: ClassificationTask(),
+    TaskType.SEQUENTIAL_RECOMMENDATION: RankingTask(),
 }
 
 

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["Tracker", "NullTracker", "tracking_uri", "DEFAULT_DIR"]
+__all__ = ["Tracker", "NullTracker", "tracking_uri", "metric_key", "DEFAULT_DIR"]
 
 DEFAULT_DIR = Path("leaderboard")
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def metric_key(name: str) -> str:
+    """The MLflow key of a metric name: MLflow keys allow only ``[\\w./ :-]``, so ``ndcg@10_full``
+    is stored as ``ndcg_at_10_full`` and any other character becomes ``_``."""
+    return re.sub(r"[^\w./ :-]", "_", name.replace("@", "_at_"))
 
 
 def tracking_uri(default_dir: Path = DEFAULT_DIR) -> str:
@@ -53,7 +60,7 @@ class Tracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
         """Log to the active run, or to ``run_id`` (e.g. the parent while a fold run is active)."""
-        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=run_id)
+        self._mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()}, step=step, run_id=run_id)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items()})

@@ -50,3 +50,30 @@ def workdir(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     return work
+
+
+@pytest.fixture
+def rec_dataset(tmp_path) -> Dataset:
+    """A small leave-one-out recommendation dataset: each user walks the catalogue in steps of 3."""
+    rng = np.random.default_rng(0)
+    n_users, n_items = 120, 61  # item ids 1..60, 0 is padding
+    sequences = []
+    for _ in range(n_users):
+        start, length = int(rng.integers(0, 60)), int(rng.integers(6, 15))
+        sequences.append([(start + 3 * t) % 60 + 1 for t in range(length)])
+    users = np.arange(1, n_users + 1)
+    texts = [f"likes step {s[0] % 3}" for s in sequences]
+
+    train = pd.DataFrame({"user_id": users, "history": [np.array(s[:-2], np.int64) for s in sequences],
+                          "target": [s[-2] for s in sequences], "user_text": texts})  # fmt: skip
+    test = pd.DataFrame({"user_id": users, "history": [np.array(s[:-1], np.int64) for s in sequences],
+                         "target": [s[-1] for s in sequences], "user_text": texts})  # fmt: skip
+    items = pd.DataFrame({
+        "item_id": np.arange(1, n_items), "movie_id": np.arange(1, n_items) * 10,
+        "title": [f"Movie {i}" for i in range(1, n_items)], "genres": ["Drama" if i % 2 else "Comedy" for i in range(1, n_items)],
+        "description": [f"a story number {i % 3}" for i in range(1, n_items)], "poster_path": [None] * (n_items - 1),
+    })  # fmt: skip
+    meta = {"n_items": n_items, "items": items, "genres": ["Comedy", "Drama"],
+            "users": pd.DataFrame({"user_id": users, "raw_user_id": users + 1000})}  # fmt: skip
+    return Dataset("toyrec", TaskType.SEQUENTIAL_RECOMMENDATION, train, test, id_col="user_id", target_col="target",
+                   root=tmp_path, meta=meta, media_cols=())  # fmt: skip

@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
@@ -53,12 +54,14 @@ class Dataset:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Hash of both frames and of the media files they point to (relative path, size, mtime).
+        """Hash of both frames, of the side tables in ``meta`` (e.g. an item catalogue) and of the
+        media files they point to (relative path, size, mtime).
 
         Keys fold files and feature caches and is logged with every run: moving the data
         directory keeps it, replacing a thumbnail changes it.
         """
-        return frame_fingerprint(*(self._portable(frame) for frame in (self.train, self.test)))
+        side = [value for _, value in sorted(self.meta.items()) if isinstance(value, pd.DataFrame)]
+        return frame_fingerprint(*(self._portable(frame) for frame in (self.train, self.test, *side)))
 
     def _portable(self, frame: pd.DataFrame) -> pd.DataFrame:
         columns = [c for c in self.media_cols if c in frame.columns]
@@ -66,7 +69,9 @@ class Dataset:
             return frame
         return frame.assign(**{c: frame[c].map(self._file_stamp) for c in columns})
 
-    def _file_stamp(self, path: str) -> str:
+    def _file_stamp(self, path: str | None) -> str:
+        if path is None or (isinstance(path, float) and path != path):
+            return "none"
         path = Path(path)
         try:
             stat = path.stat()
@@ -161,6 +166,10 @@ def load_dataset(
 def frame_fingerprint(*frames: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     for frame in frames:
+        # Cells holding sequences (e.g. item histories) are hashed through their full text.
+        sequences = [c for c in frame.columns if frame[c].dtype == object and len(frame) and
+                     isinstance(frame[c].iloc[0], (list, tuple, np.ndarray))]  # fmt: skip
+        frame = frame.assign(**{c: frame[c].map(lambda v: " ".join(map(str, v))) for c in sequences})
         digest.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
         digest.update(",".join(map(str, frame.columns)).encode())
     return digest.hexdigest()[:16]
@@ -168,4 +177,4 @@ def frame_fingerprint(*frames: pd.DataFrame) -> str:
 
 def _import_builtin_datasets() -> None:
     # Built-in datasets register themselves on import.
-    from harness.data import views  # noqa: F401
+    from harness.data import movielens, views  # noqa: F401
