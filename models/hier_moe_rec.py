@@ -183,9 +183,9 @@ class HierMoERec(SequentialRecommender):
     def fit_recommender(self, train: pd.DataFrame, valid: pd.DataFrame, ctx: FitContext) -> None:
         self.progress = ctx.train_config.progress
         dataset = ctx.dataset
-        texts, text_dim, self._user_row, item_rows = self._texts(dataset, ctx)
         image_features, has_image = self._images(dataset, ctx)
-        torch.manual_seed(ctx.seed)
+        torch.manual_seed(ctx.seed)  # after the encoders' own seeding: every trainable weight from the fold's seed
+        texts, text_dim, self._user_row, item_rows = self._texts(dataset, ctx)
         self.model = HierarchicalMoE(texts, text_dim, item_rows, image_features, has_image, self.config)
 
         # next-item examples: each training sequence's most recent positions, the items before as history
@@ -346,7 +346,7 @@ def search_space(trial) -> dict[str, Any]:
     task=TaskType.SEQUENTIAL_RECOMMENDATION,
     config=HierMoERecConfig,
     dataset="movielens",
-    train_defaults={"epochs": 30, "batch_size": 256, "lr": 3e-3, "weight_decay": 0.01, "patience": 5,
+    train_defaults={"epochs": 15, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.01, "patience": 4,
                     "warmup_ratio": 0.05},  # fmt: skip
     search_space=search_space,
 )

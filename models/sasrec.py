@@ -114,7 +114,7 @@ def search_space(trial) -> dict[str, Any]:
     task=TaskType.SEQUENTIAL_RECOMMENDATION,
     config=SASRecConfig,
     dataset="movielens",
-    train_defaults={"epochs": 60, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.0, "patience": 8,
+    train_defaults={"epochs": 40, "batch_size": 32, "lr": 5e-3, "weight_decay": 0.0, "patience": 10,
                     "warmup_ratio": 0.05},  # fmt: skip
     search_space=search_space,
 )

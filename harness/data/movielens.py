@@ -131,6 +131,8 @@ def read_movielens(
     min_rating: float | None = None,
     min_user_interactions: int = 5,
     min_item_interactions: int = 5,
+    sampled_negatives: int = 100,
+    negative_sampling: str = "uniform",
 ) -> Dataset:
     """Read a MovieLens release (ml-100k, ml-1m or csv) as leave-one-out sequences; bad input is a :class:`HarnessError`.
 
@@ -150,9 +152,16 @@ def read_movielens(
             since leave-one-out needs a history, a validation item and a test item.
         min_item_interactions: movies with fewer interactions are removed (default 5); removal
             repeats until every user and movie meets its threshold.
+        sampled_negatives: negatives per target in the ``_sampled`` evaluation protocol (default 100).
+        negative_sampling: ``"uniform"`` (default) or ``"popularity"``: how those negatives are drawn
+            (see :class:`harness.ranking.SampledProtocol`).
     """
     root = Path(root)
     _check_reader_args(min_rating, min_user_interactions, min_item_interactions)
+    if isinstance(sampled_negatives, bool) or not isinstance(sampled_negatives, Integral) or sampled_negatives < 1:
+        raise HarnessError(f"sampled_negatives must be an integer >= 1, got {sampled_negatives!r}.")
+    if negative_sampling not in ("uniform", "popularity"):
+        raise HarnessError(f"negative_sampling must be 'uniform' or 'popularity', got {negative_sampling!r}.")
     fmt, paths = _detect_format(root)
     ratings_path = paths["ratings"]
 
@@ -256,6 +265,8 @@ def read_movielens(
             "genres": genres,
             "format": fmt,
             "stats": {k: int(v) for k, v in stats.items()},
+            "sampled_negatives": int(sampled_negatives),
+            "negative_sampling": negative_sampling,
         },
         media_cols=("poster_path",),
     )
