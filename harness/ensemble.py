@@ -502,10 +502,12 @@ def _load_targets(member: Member, log: Callable[[str], Any]):
     return dataset, train.loc[ids].reset_index(drop=True)
 
 
-def _refuse_ranking(dataset) -> None:
-    if dataset.task.value == "sequential_recommendation":
+def _refuse_ranking(dataset: str) -> None:
+    from harness.data import get_dataset_spec
+
+    if get_dataset_spec(dataset).task.value == "sequential_recommendation":
         raise HarnessError(
-            f"Dataset {dataset.name!r} is a sequential-recommendation task; `run.py ensemble` blends row-wise "
+            f"Dataset {dataset!r} is a sequential-recommendation task; `run.py ensemble` blends row-wise "
             "predictions only. Fuse ranked lists in Python with harness.ranking.fuse (mean score or RRF)."
         )
 
@@ -534,11 +536,11 @@ def run_ensemble(
     if weights is not None and not isinstance(weights, str):
         normalise_weights(weights, len(run_ids))  # fail before downloading anything
     members = [load_member(run_id) for run_id in run_ids]
+    _refuse_ranking(members[0].dataset)
     check_members(members)
     first = members[0]
     metric = get_metric(first.metric)
     dataset, rows = _load_targets(first, log)
-    _refuse_ranking(dataset)
     adapter = get_task_adapter(dataset.task)
     seed = int(first.config.get("seed", 42))
     folds = first.folds
@@ -655,12 +657,12 @@ def fold_ensemble(
         raise HarnessError("--weights (one per fold) goes with --method weighted_mean, and only with it.")
     checkpoint = "best" if use_best_checkpoint else "final"
     member = load_member(run_id, checkpoint)
+    _refuse_ranking(member.dataset)
     folds = member.fold_test_values()
     if weights is not None:
         normalise_weights(weights, len(folds))
     blended = blenders[method](folds)
     dataset, rows = _load_targets(member, log)
-    _refuse_ranking(dataset)
     adapter = get_task_adapter(dataset.task)
     metric = get_metric(member.metric)
     oof_score = adapter.score(metric, dataset, rows, member.oof_values())

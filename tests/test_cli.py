@@ -1,5 +1,7 @@
 """The command line: success path, and one-line errors with nothing half-written on bad input."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -172,3 +174,44 @@ def test_fold_model_ensembles_with_best_or_final_checkpoints(capsys, workdir, vi
     best = pd.read_parquet(run_dir / "oof.parquet")
     final = pd.read_parquet(run_dir / "oof_final.parquet")
     assert best["id"].tolist() == final["id"].tolist() and best["fold"].tolist() == final["fold"].tolist()
+
+
+@pytest.fixture(scope="module")
+def movielens_template(tmp_path_factory):
+    from harness.data.movielens import generate_movielens
+
+    root = tmp_path_factory.mktemp("ml") / "movielens"
+    generate_movielens(root, n_users=80, n_items=120, mean_length=25)
+    return root
+
+
+def test_a_recommendation_run_reports_every_protocol(capsys, workdir, movielens_template):
+    code, out, err = _run(capsys, "--model", "popularity", "--data", str(movielens_template),
+                          "data.options.negative_sampling=popularity", *FAST)  # fmt: skip
+    assert code == 0, err
+    assert "CV ndcg@10_full" in out and "oof sampled" in out and "test full" in out
+    submission = pd.read_csv(next((workdir / "submissions").glob("popularity-*.csv")))
+    assert list(submission.columns) == ["user_id", "items"] and len(submission) == 80
+    assert len(list((workdir / "folds").glob("movielens-*__kfold__k3__s42.csv"))) == 1
+
+
+def test_recommendation_metric_must_be_a_ranking_metric(capsys, workdir, movielens_template):
+    _expect_error(capsys, workdir, ["--model", "sasrec", "--data", str(movielens_template), "metric=msle"],
+                  "Metric 'msle' is for 'regression'")  # fmt: skip
+
+
+def test_a_ratings_file_with_a_bad_line(capsys, workdir, movielens_template, tmp_path):
+    import shutil
+
+    data = Path(shutil.copytree(movielens_template, tmp_path / "bad"))
+    with open(data / "ratings.dat", "a", encoding="latin-1") as handle:
+        handle.write("17::not-a-movie::4::978300760\n")
+    _expect_error(capsys, workdir, ["--model", "popularity", "--data", str(data)], "ratings.dat", "line")
+
+
+def test_ensembles_of_recommendation_runs_are_refused_with_the_alternative(capsys, workdir, movielens_template):
+    argv = ["--model", "popularity", "--data", str(movielens_template), "train.progress=false"]
+    assert _run(capsys, *argv)[0] == 0 and _run(capsys, *argv, "model.window=5")[0] == 0
+    code, _, err = _run(capsys, "ensemble", "--top", "2", "--dataset", "movielens", "--method", "mean")
+    assert code == 2 and "sequential-recommendation" in err and "harness.ranking.fuse" in err, err
+    assert len(list((workdir / "submissions").iterdir())) == 2  # the two runs' own, no ensemble
