@@ -483,3 +483,13 @@ def test_oracle_beats_popularity_so_the_signal_is_learnable(tmp_path):
     oracle = ndcg_at_k(target_ranks(scores, targets, history_mask=histories), 10)
     baseline = ndcg_at_k(target_ranks(popularity, targets, history_mask=histories), 10)
     assert oracle > 1.5 * baseline and oracle > baseline + 0.08, (oracle, baseline)
+
+
+def test_sampled_protocol_options_reach_the_dataset(ml_template):
+    dataset = read_movielens(ml_template, sampled_negatives=20, negative_sampling="popularity")
+    assert (dataset.meta["sampled_negatives"], dataset.meta["negative_sampling"]) == (20, "popularity")
+    assert read_movielens(ml_template).meta["sampled_negatives"] == 100
+    with pytest.raises(HarnessError, match="sampled_negatives must be an integer >= 1, got 0"):
+        read_movielens(ml_template, sampled_negatives=0)
+    with pytest.raises(HarnessError, match="negative_sampling must be 'uniform' or 'popularity', got 'hard'"):
+        read_movielens(ml_template, negative_sampling="hard")
