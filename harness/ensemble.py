@@ -40,6 +40,7 @@ from scipy.stats import rankdata
 from harness.errors import HarnessError
 from harness.io import atomic_write
 from harness.metrics import get_metric
+from harness.ranking import Recommendations, fuse
 from harness.tracking import metric_key
 from harness.tracking import DEFAULT_DIR, Tracker, tracking_uri
 
@@ -108,10 +109,13 @@ class Member:
         """``[N]`` or ``[N, C]`` out-of-fold predictions."""
         return _prediction_values(self.oof, self.label, "oof.parquet")
 
-    def test_values(self) -> np.ndarray:
-        """``[T]`` or ``[T, C]`` test predictions: the fold models' predictions averaged."""
+    def test_values(self) -> np.ndarray | Recommendations:
+        """``[T]`` or ``[T, C]`` test predictions (or recommendations): the fold models' averaged."""
         if any(c == "prediction" or c.startswith("prediction_") for c in self.test.columns):
             return _prediction_values(self.test, self.label, "test_predictions.parquet")
+        folds = sorted(int(m[1]) for c in self.test.columns if (m := re.fullmatch(r"fold_(\d+)_items", str(c))))
+        if folds:
+            return fuse([_recommendations(self.test, f"fold_{k}") for k in folds])
         return np.mean(self.fold_test_values(), axis=0)
 
     def fold_test_values(self) -> np.ndarray:
@@ -133,13 +137,22 @@ class Member:
         return np.stack(stacks)
 
 
-def _prediction_values(frame: pd.DataFrame, label: str, file: str) -> np.ndarray:
+def _prediction_values(frame: pd.DataFrame, label: str, file: str) -> np.ndarray | Recommendations:
+    if "prediction_items" in frame.columns:
+        return _recommendations(frame, "prediction")
     if "prediction" in frame.columns:
         return frame["prediction"].to_numpy(dtype=float)
     columns = sorted((c for c in frame.columns if re.fullmatch(r"prediction_\d+", str(c))), key=lambda c: int(c[11:]))
     if not columns:
         raise HarnessError(f"Run {label}: {file} has no prediction column.")
     return frame[columns].to_numpy(dtype=float)
+
+
+def _recommendations(frame: pd.DataFrame, prefix: str) -> Recommendations:
+    """A recommendation run's ``<prefix>_items|scores|sampled`` list columns."""
+    sampled = f"{prefix}_sampled"
+    return Recommendations(np.stack(frame[f"{prefix}_items"]), np.stack(frame[f"{prefix}_scores"]),
+                           np.stack(frame[sampled]) if sampled in frame.columns else None)  # fmt: skip
 
 
 def _client():
@@ -507,9 +520,30 @@ def _refuse_ranking(dataset: str) -> None:
 
     if get_dataset_spec(dataset).task.value == "sequential_recommendation":
         raise HarnessError(
-            f"Dataset {dataset!r} is a sequential-recommendation task; `run.py ensemble` blends row-wise "
-            "predictions only. Fuse ranked lists in Python with harness.ranking.fuse (mean score or RRF)."
+            f"Dataset {dataset!r} is a sequential-recommendation task: --fold-models blends row-wise "
+            "predictions only (each run's test lists are already its fold models' fusion)."
         )
+
+
+def fuse_recommendations(
+    method: str, oofs: list[Recommendations], tests: list[Recommendations], weights: Sequence[float] | str | None
+) -> tuple[Recommendations, Recommendations, list[float] | None]:
+    """Recommendation members: ``mean`` / ``weighted_mean`` fuse min-max-scaled scores over the union
+    of candidates, ``rank_mean`` is reciprocal-rank fusion (see :func:`harness.ranking.fuse`)."""
+    if method not in ("mean", "weighted_mean", "rank_mean"):
+        raise HarnessError(
+            f"Recommendation runs blend with mean, weighted_mean or rank_mean (reciprocal-rank fusion), not {method!r}."
+        )
+    if isinstance(weights, str):
+        raise HarnessError("--weights optimize is for row-wise predictions; give recommendation runs explicit weights.")
+    w = None if weights is None else normalise_weights(weights, len(oofs))
+    how = "rrf" if method == "rank_mean" else "mean"
+    fused = [fuse(members, w, method=how, normalise=True) for members in (oofs, tests)]
+    return fused[0], fused[1], None if w is None else [float(x) for x in w]
+
+
+def _rows(predictions: np.ndarray | Recommendations, mask: np.ndarray) -> np.ndarray | Recommendations:
+    return predictions.take(mask) if isinstance(predictions, Recommendations) else predictions[mask]
 
 
 def run_ensemble(
@@ -536,7 +570,6 @@ def run_ensemble(
     if weights is not None and not isinstance(weights, str):
         normalise_weights(weights, len(run_ids))  # fail before downloading anything
     members = [load_member(run_id) for run_id in run_ids]
-    _refuse_ranking(members[0].dataset)
     check_members(members)
     first = members[0]
     metric = get_metric(first.metric)
@@ -549,16 +582,20 @@ def run_ensemble(
     def score(predictions: np.ndarray) -> float:
         return adapter.score(metric, dataset, rows, predictions)
 
-    P_oof = np.stack([m.oof_values() for m in members])
-    P_test = np.stack([m.test_values() for m in members])
-    oof, test, used_weights = blend(
-        method, P_oof, P_test, y=rows[dataset.target_col].to_numpy(), folds=folds, score=score,
-        greater_is_better=metric.greater_is_better, weights=weights, stacker=stacker,
-        log_space=metric.name in LOG_SPACE_METRICS, seed=seed,
-    )  # fmt: skip
+    P_oof = [m.oof_values() for m in members]
+    P_test = [m.test_values() for m in members]
+    if isinstance(P_oof[0], Recommendations):
+        oof, test, used_weights = fuse_recommendations(method, P_oof, P_test, weights)
+    else:
+        P_oof, P_test = np.stack(P_oof), np.stack(P_test)
+        oof, test, used_weights = blend(
+            method, P_oof, P_test, y=rows[dataset.target_col].to_numpy(), folds=folds, score=score,
+            greater_is_better=metric.greater_is_better, weights=weights, stacker=stacker,
+            log_space=metric.name in LOG_SPACE_METRICS, seed=seed,
+        )  # fmt: skip
 
     # scores: the blend overall and per fold, each member on the same rows
-    fold_scores = {k: adapter.score(metric, dataset, rows[folds == k], oof[folds == k]) for k in fold_ids}
+    fold_scores = {k: adapter.score(metric, dataset, rows[folds == k], _rows(oof, folds == k)) for k in fold_ids}
     values = np.array(list(fold_scores.values()))
     summary = {
         f"cv_{metric.name}_mean": float(values.mean()),

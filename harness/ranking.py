@@ -186,16 +186,21 @@ class SampledProtocol:
 
 
 def fuse(predictions: Sequence[Recommendations], weights: Sequence[float] | None = None, n: int | None = None,
-         method: str = "mean") -> Recommendations:  # fmt: skip
+         method: str = "mean", normalise: bool = False) -> Recommendations:  # fmt: skip
     """Blend several models' recommendations for the same rows.
 
     ``method="mean"``: weighted mean score over the union of the rows' candidates, an item missing
     from a model's list taking that list's lowest score (the most it could have scored there).
-    ``method="rrf"``: reciprocal-rank fusion, ``sum_m w_m / (60 + rank_m)``, which needs no common
-    score scale. Sampled scores are averaged (the candidates are shared by construction).
+    With ``normalise``, each model's scores are first min-max scaled per row (for models whose
+    scores have different scales, e.g. logits and counts). ``method="rrf"``: reciprocal-rank
+    fusion, ``sum_m w_m / (60 + rank_m)``, which needs no common score scale. Sampled scores are
+    averaged, min-max scaled per row with ``normalise`` or ``rrf`` (the candidates are shared by
+    construction).
     """
     if not predictions:
         raise ValueError("nothing to fuse")
+    if normalise or method == "rrf":
+        predictions = [_min_max(p) for p in predictions]
     weights = np.full(len(predictions), 1.0 / len(predictions)) if weights is None else np.asarray(weights, float)
     n = n or predictions[0].items.shape[1]
     n_rows = len(predictions[0])
@@ -223,6 +228,21 @@ def fuse(predictions: Sequence[Recommendations], weights: Sequence[float] | None
     if all(p.sampled is not None for p in predictions):
         sampled = sum(w * p.sampled for p, w in zip(predictions, weights))
     return Recommendations(items, scores, sampled)
+
+
+def _min_max(prediction: Recommendations) -> Recommendations:
+    """Scores scaled to [0, 1] per row (list and sampled candidates separately); padding stays -inf."""
+
+    def scale(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        finite = np.where(valid, values, np.nan)
+        low, high = np.nanmin(finite, axis=1, keepdims=True), np.nanmax(finite, axis=1, keepdims=True)
+        scaled = (values - low) / np.where(high > low, high - low, 1.0)
+        return np.where(valid, scaled, -np.inf).astype(np.float32)
+
+    with np.errstate(invalid="ignore"):
+        scores = scale(prediction.scores, prediction.items != 0)
+        sampled = None if prediction.sampled is None else scale(prediction.sampled, np.isfinite(prediction.sampled))
+    return Recommendations(prediction.items, scores, sampled)
 
 
 # ----------------------------------------------------------------------------

@@ -209,9 +209,16 @@ def test_a_ratings_file_with_a_bad_line(capsys, workdir, movielens_template, tmp
     _expect_error(capsys, workdir, ["--model", "popularity", "--data", str(data)], "ratings.dat", "line")
 
 
-def test_ensembles_of_recommendation_runs_are_refused_with_the_alternative(capsys, workdir, movielens_template):
+def test_ensembles_of_recommendation_runs_fuse_their_lists(capsys, workdir, movielens_template):
     argv = ["--model", "popularity", "--data", str(movielens_template), "train.progress=false"]
     assert _run(capsys, *argv)[0] == 0 and _run(capsys, *argv, "model.window=5")[0] == 0
-    code, _, err = _run(capsys, "ensemble", "--top", "2", "--dataset", "movielens", "--method", "mean")
-    assert code == 2 and "sequential-recommendation" in err and "harness.ranking.fuse" in err, err
-    assert len(list((workdir / "submissions").iterdir())) == 2  # the two runs' own, no ensemble
+    for method in ("mean", "rank_mean"):
+        code, out, err = _run(capsys, "ensemble", "--top", "2", "--dataset", "movielens", "--method", method)
+        assert code == 0, err
+        assert f"ensemble-{method}" in out and "OOF ndcg@10_full" in out
+    submissions = sorted((workdir / "submissions").glob("ensemble-*.csv"))
+    assert len(submissions) == 2 and list(pd.read_csv(submissions[0]).columns) == ["user_id", "items"]
+    for argv, message in ((["--method", "stacking"], "mean, weighted_mean or rank_mean"),
+                          (["--method", "weighted_mean", "--weights", "optimize"], "explicit weights")):  # fmt: skip
+        code, _, err = _run(capsys, "ensemble", "--top", "2", "--dataset", "movielens", *argv)
+        assert code == 2 and message in err, err

@@ -142,3 +142,15 @@ def test_baseline_is_most_popular_unseen(rec_dataset):
 
 def test_pad_left_right_aligns_the_most_recent_items():
     assert pad_left([np.array([1, 2, 3]), np.array([], np.int64)], 2).tolist() == [[2, 3], [0, 0]]
+
+
+def test_fuse_normalise_puts_models_on_one_scale():
+    counts = Recommendations([[1, 2, 3]], [[900.0, 500.0, 100.0]], [[900.0, 100.0]])  # e.g. popularity counts
+    logits = Recommendations([[3, 2, 1]], [[2.0, 1.5, 1.0]], [[1.0, 2.0]])
+    raw = fuse([counts, logits], n=3)
+    assert raw.items[0, 0] == 1  # the counts' scale decides alone
+    scaled = fuse([counts, logits], n=3, normalise=True)
+    # min-max per row: counts 1, 0.5, 0 and logits 1, 0.5, 0 reversed -> every item 0.5
+    np.testing.assert_allclose(scaled.scores, [[0.5, 0.5, 0.5]])
+    assert scaled.items.tolist() == [[1, 2, 3]]  # ties broken by item id
+    np.testing.assert_allclose(scaled.sampled, [[0.5, 0.5]])
