@@ -602,6 +602,9 @@ def run_ensemble(
         f"cv_{metric.name}_std": float(values.std(ddof=0)),
         f"oof_{metric.name}": score(oof),
     }
+    if dataset.target_col in dataset.test.columns:  # test targets known (leave-one-out): score the blend there too
+        test_rows = dataset.test.set_index(dataset.test[dataset.id_col].astype(str)).loc[first.test_ids]
+        summary[f"test_{metric.name}"] = adapter.score(metric, dataset, test_rows.reset_index(drop=True), test)
     member_scores = [
         {"run_id": m.run_id, "run_name": m.run_name, "model": m.model, f"oof_{metric.name}": score(P_oof[i])}
         for i, m in enumerate(members)
