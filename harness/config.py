@@ -26,6 +26,11 @@ __all__ = [
     "merge",
     "build",
     "flatten",
+    "check_fields",
+    "POSITIVE_INT",
+    "NON_NEGATIVE",
+    "POSITIVE",
+    "FRACTION",
 ]
 
 
@@ -152,6 +157,26 @@ def build(cls: type, values: Mapping[str, Any], where: str = "config"):
         else:
             kwargs[name] = _coerce(value, expected, where_key(where, name))
     return cls(**kwargs)
+
+
+# Constraints for check_fields: (predicate, what the message says is expected).
+POSITIVE_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a positive integer")
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+POSITIVE = (lambda v: v > 0, "> 0")
+FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def check_fields(config: Any, constraint: tuple[Any, str], *names: str, where: str = "model") -> None:
+    """A one-line error for the first of ``names`` whose value in ``config`` breaks ``constraint``.
+
+    Families validate their config dataclass with it in their entry function, e.g.
+    ``check_fields(config, POSITIVE_INT, "hidden_dim", "max_len")``.
+    """
+    ok, expected = constraint
+    for name in names:
+        value = getattr(config, name)
+        if not ok(value):
+            raise HarnessError(f"{where}.{name} must be {expected}, got {value!r}.")
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

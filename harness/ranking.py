@@ -33,6 +33,7 @@ __all__ = [
     "SampledProtocol",
     "top_n",
     "item_counts",
+    "popularity_scores",
     "fuse",
     "RankingTask",
 ]
@@ -130,6 +131,12 @@ def item_counts(sequences: Sequence[np.ndarray], n_items: int) -> np.ndarray:
     if not len(sequences):
         return np.zeros(n_items, np.int64)
     return np.bincount(np.concatenate([np.asarray(s, np.int64) for s in sequences]), minlength=n_items)[:n_items]
+
+
+def popularity_scores(sequences: Sequence[np.ndarray], n_items: int) -> torch.Tensor:
+    """Interaction counts as scores, ties going to the lower item id (a fraction below 1 never reorders counts)."""
+    counts = item_counts(sequences, n_items)
+    return torch.as_tensor(counts - np.arange(n_items) / n_items, dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------
@@ -276,9 +283,7 @@ class RankingTask:
         from harness.recommender import training_sequences
 
         n_items = int(dataset.meta["n_items"])
-        counts = item_counts(training_sequences(train, valid), n_items)
-        # Ties go to the lower item id: counts are integers, so a fraction below 1 never reorders them.
-        popularity = torch.as_tensor(counts - np.arange(n_items) / n_items, dtype=torch.float32)
+        popularity = popularity_scores(training_sequences(train, valid), n_items)
         histories = valid["history"].tolist()
         items, scores = top_n(lambda rows: popularity.expand(len(rows), -1), histories, n_items)
         candidates = SampledProtocol.from_dataset(dataset).candidates(valid)

@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 
 from harness.errors import HarnessError
-from harness.ranking import TOP_N, RankingTask, Recommendations, SampledProtocol, top_n
+from harness.ranking import TOP_N, Recommendations, SampledProtocol, top_n
 from harness.registry import Family, FitContext
-from harness.tasks import TaskType
+from harness.tasks import TaskType, get_task_adapter
 
 __all__ = ["SequentialRecommender", "training_sequences", "pad_left"]
 
@@ -89,7 +89,7 @@ class SequentialRecommender(Family):
 
     def validation_score(self, valid: pd.DataFrame, ctx: FitContext) -> float:
         """``ctx.metric`` of this model's predictions for ``valid``, as the CV runner computes it."""
-        return RankingTask().score(ctx.metric, ctx.dataset, valid, self.predict(valid))
+        return get_task_adapter(self.task).score(ctx.metric, ctx.dataset, valid, self.predict(valid))
 
     def _eval_mode(self) -> None:
         for value in vars(self).values():

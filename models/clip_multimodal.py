@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset as TorchDataset
 
+from harness.config import FRACTION, NON_NEGATIVE, POSITIVE_INT, check_fields
 from harness.data import Dataset
-from harness.errors import HarnessError
 from harness.features import FeatureCache
 from harness.registry import Family, FitContext, register_model
 from harness.tasks import TaskType
@@ -243,14 +243,9 @@ def search_space(trial) -> dict[str, Any]:
 
 
 def _create_clip_multimodal(config: ClipMultimodalConfig) -> ClipMultimodal:
-    for name in ("hidden_dim", "encode_batch_size"):
-        if getattr(config, name) < 1:
-            raise HarnessError(f"model.{name} must be a positive integer, got {getattr(config, name)!r}.")
-    for name in ("head_loss_weight", "weight_lr_scale", "clip_lr_scale", "age_scale"):
-        if not getattr(config, name) >= 0:
-            raise HarnessError(f"model.{name} must be >= 0, got {getattr(config, name)!r}.")
-    if not 0 <= config.dropout < 1:
-        raise HarnessError(f"model.dropout must be in [0, 1), got {config.dropout!r}.")
+    check_fields(config, POSITIVE_INT, "hidden_dim", "encode_batch_size")
+    check_fields(config, NON_NEGATIVE, "head_loss_weight", "weight_lr_scale", "clip_lr_scale", "age_scale")
+    check_fields(config, FRACTION, "dropout")
     return ClipMultimodal(config)
 
 

@@ -40,8 +40,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from harness.config import FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, check_fields
 from harness.data import Dataset
-from harness.errors import HarnessError
 from harness.features import FeatureCache
 from harness.recommender import SequentialRecommender, pad_left, training_sequences
 from harness.registry import FitContext, register_model
@@ -352,15 +352,9 @@ def search_space(trial) -> dict[str, Any]:
 )
 def hier_moe_rec(config: HierMoERecConfig) -> HierMoERec:
     """Hierarchical MoE + CLIP recommender: 3 modalities × 3 sub-experts, cross-modal router (seed 000)."""
-    for name in ("text_dim", "hidden_dim", "history_len", "positions_per_user", "encode_batch_size", "score_batch_size"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise HarnessError(f"model.{name} must be a positive integer, got {value!r}.")
-    for name in ("temperature", "router_temperature"):
-        if not getattr(config, name) > 0:
-            raise HarnessError(f"model.{name} must be > 0, got {getattr(config, name)!r}.")
-    if not config.balance_weight >= 0:
-        raise HarnessError(f"model.balance_weight must be >= 0, got {config.balance_weight!r}.")
-    if not 0 <= config.dropout < 1:
-        raise HarnessError(f"model.dropout must be in [0, 1), got {config.dropout!r}.")
+    check_fields(config, POSITIVE_INT, "text_dim", "hidden_dim", "history_len", "positions_per_user",
+                 "encode_batch_size", "score_batch_size")  # fmt: skip
+    check_fields(config, POSITIVE, "temperature", "router_temperature")
+    check_fields(config, NON_NEGATIVE, "balance_weight")
+    check_fields(config, FRACTION, "dropout")
     return HierMoERec(config)

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
-from harness.errors import HarnessError
-from harness.ranking import item_counts
+from harness.config import NON_NEGATIVE, check_fields
+from harness.ranking import popularity_scores
 from harness.recommender import SequentialRecommender, training_sequences
 from harness.registry import FitContext, register_model
 from harness.tasks import TaskType
@@ -36,9 +35,7 @@ class Popularity(SequentialRecommender):
         sequences = training_sequences(train, valid)
         if self.config.window:
             sequences = [s[-self.config.window :] for s in sequences]
-        counts = item_counts(sequences, self.n_items)
-        # Counts are integers, so subtracting a fraction below 1 breaks ties by item id only.
-        self.popularity = torch.as_tensor(counts - np.arange(self.n_items) / self.n_items, dtype=torch.float32)
+        self.popularity = popularity_scores(sequences, self.n_items)
         ctx.log_metrics({f"valid_{ctx.metric.name}": self.validation_score(valid, ctx)}, 0)
 
     def score(self, part: pd.DataFrame) -> torch.Tensor:
@@ -53,6 +50,5 @@ def search_space(trial) -> dict[str, Any]:
                 dataset="movielens", search_space=search_space)  # fmt: skip
 def popularity(config: PopularityConfig) -> Popularity:
     """Most-popular unseen items (baseline)."""
-    if isinstance(config.window, bool) or not isinstance(config.window, int) or config.window < 0:
-        raise HarnessError(f"model.window must be an integer >= 0, got {config.window!r}.")
+    check_fields(config, NON_NEGATIVE, "window")
     return Popularity(config)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from harness.config import FRACTION, POSITIVE_INT, check_fields
 from harness.errors import HarnessError
 from harness.recommender import SequentialRecommender, pad_left, training_sequences
 from harness.registry import FitContext, register_model
@@ -120,12 +121,8 @@ def search_space(trial) -> dict[str, Any]:
 )
 def sasrec(config: SASRecConfig) -> SASRec:
     """SASRec: causal self-attention over item sequences, cross-entropy over the catalogue (baseline)."""
-    for name in ("max_len", "hidden_dim", "n_blocks", "n_heads", "score_batch_size"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise HarnessError(f"model.{name} must be a positive integer, got {value!r}.")
+    check_fields(config, POSITIVE_INT, "max_len", "hidden_dim", "n_blocks", "n_heads", "score_batch_size")
     if config.hidden_dim % config.n_heads:
         raise HarnessError(f"model.hidden_dim ({config.hidden_dim}) must be divisible by model.n_heads ({config.n_heads}).")
-    if not 0 <= config.dropout < 1:
-        raise HarnessError(f"model.dropout must be in [0, 1), got {config.dropout!r}.")
+    check_fields(config, FRACTION, "dropout")
     return SASRec(config)
