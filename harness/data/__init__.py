@@ -51,16 +51,20 @@ class Dataset:
     meta: dict[str, Any] = field(default_factory=dict)  # reader-specific facts (e.g. reference year)
 
     media_cols: tuple[str, ...] = ("image_path",)  # columns holding file paths under root
+    options: dict[str, Any] = field(default_factory=dict)  # reader options that shape the rows
 
     @cached_property
     def fingerprint(self) -> str:
-        """Hash of both frames, of the side tables in ``meta`` (e.g. an item catalogue) and of the
-        media files they point to (relative path, size, mtime).
+        """Hash of both frames, of the side tables in ``meta`` (e.g. an item catalogue), of the
+        media files they point to (relative path, size, mtime) and of the reader ``options``.
 
         Keys fold files and feature caches and is logged with every run: moving the data
-        directory keeps it, replacing a thumbnail changes it.
+        directory keeps it, replacing a thumbnail or reading with another protocol option (e.g.
+        MovieLens' ``tie_order``) changes it.
         """
         side = [value for _, value in sorted(self.meta.items()) if isinstance(value, pd.DataFrame)]
+        if self.options:
+            side.append(pd.DataFrame({"option": list(self.options), "value": [repr(v) for v in self.options.values()]}))
         return frame_fingerprint(*(self._portable(frame) for frame in (self.train, self.test, *side)))
 
     def _portable(self, frame: pd.DataFrame) -> pd.DataFrame:

@@ -43,10 +43,10 @@ RATINGS = [
 ]  # fmt: skip
 LOOSE = {"min_user_interactions": 3, "min_item_interactions": 1}
 # Internal ids: movies 10..50 -> 1..5, users 3 -> 1, 7 -> 2.
-# user 3: 20 (t=5), then 10 and 50 tied at t=10 (raw id order) -> [2, 1, 5]
+# user 3: 20 (t=5), then 50 and 10 tied at t=10 (file order) -> [2, 5, 1]
 # user 7: 30 (t=50), 10, 40, 20 -> [3, 1, 4, 2]
-TRAIN_HISTORY, TRAIN_TARGET = [[2], [3, 1]], [1, 4]
-TEST_HISTORY, TEST_TARGET = [[2, 1], [3, 1, 4]], [5, 2]
+TRAIN_HISTORY, TRAIN_TARGET = [[2], [3, 1]], [5, 4]
+TEST_HISTORY, TEST_TARGET = [[2, 5], [3, 1, 4]], [1, 2]
 TEXTS = [
     "Likes Animation, Children's, Comedy. Recently watched: Toy Story.",
     "Likes Action, Comedy, Romance. Recently watched: Matrix, The; Amélie.",  # never Heat or Toy Story
@@ -167,24 +167,45 @@ def test_fingerprint_follows_the_sequences_not_the_directory_name(tmp_path):
     assert isinstance(a.fingerprint, str) and a.fingerprint == b.fingerprint
     later = [(u, m, r, 1000 if (u, m) == (3, 20) else t) for u, m, r, t in RATINGS]  # same ratings, other order
     c = read_movielens(_write_ml1m(tmp_path / "c", ratings=later), **LOOSE)
-    assert _lists(c.test["history"])[0] == [1, 5] and c.test["target"].iloc[0] == 2
+    assert _lists(c.test["history"])[0] == [5, 1] and c.test["target"].iloc[0] == 2
     assert c.fingerprint != a.fingerprint
+    # the tie order is part of the fingerprint, even where it changes no sequence
+    no_ties = [(u, m, r, t + i) for i, (u, m, r, t) in enumerate(RATINGS)]
+    d, e = (read_movielens(_write_ml1m(tmp_path / order, ratings=no_ties), tie_order=order, **LOOSE)
+            for order in ("file", "item_id"))  # fmt: skip
+    assert _lists(d.test["history"]) == _lists(e.test["history"]) and d.fingerprint != e.fingerprint
+
+
+def test_equal_timestamps_keep_the_file_order_or_the_movie_id_order(tmp_path):
+    # user 3 rated 50 then 10 in the same second: the file order makes 10 the test target
+    by_file = read_movielens(_write_ml1m(tmp_path), **LOOSE)
+    by_id = read_movielens(tmp_path, tie_order="item_id", **LOOSE)
+    assert _lists(by_file.test["history"])[0] == [2, 5] and by_file.test["target"].iloc[0] == 1
+    assert _lists(by_id.test["history"])[0] == [2, 1] and by_id.test["target"].iloc[0] == 5
+    assert by_file.meta["tie_order"] == "file" and by_id.meta["tie_order"] == "item_id"
+    with pytest.raises(HarnessError, match="tie_order must be one of 'file', 'item_id', got 'time'"):
+        read_movielens(tmp_path, tie_order="time", **LOOSE)
 
 
 # ---- reader: ordering, duplicates, filtering -----------------------------------------------------
 
 
-def test_order_of_file_rows_does_not_matter(ml_dir):
-    before = read_movielens(ml_dir)
+def test_file_order_matters_only_among_equal_timestamps_and_only_with_tie_order_file(ml_dir):
+    before = {order: read_movielens(ml_dir, tie_order=order) for order in ("file", "item_id")}
     lines = (ml_dir / "ratings.dat").read_text(encoding="latin-1").splitlines()
     random.Random(0).shuffle(lines)
     _lines(ml_dir / "ratings.dat", lines)
-    after = read_movielens(ml_dir)
-    assert after.meta["stats"]["tied_timestamps"] > 0  # the generator plants ties
-    for one, two in ((before.train, after.train), (before.test, after.test)):
-        assert _lists(one["history"]) == _lists(two["history"])
-        pd.testing.assert_frame_equal(one.drop(columns="history"), two.drop(columns="history"))
-    assert before.fingerprint == after.fingerprint
+    after = {order: read_movielens(ml_dir, tie_order=order) for order in ("file", "item_id")}
+    assert after["file"].meta["stats"]["tied_timestamps"] > 0  # the generator plants ties
+    one, two = before["item_id"], after["item_id"]
+    for a, b in ((one.train, two.train), (one.test, two.test)):
+        assert _lists(a["history"]) == _lists(b["history"])
+        pd.testing.assert_frame_equal(a.drop(columns="history"), b.drop(columns="history"))
+    assert one.fingerprint == two.fingerprint
+    one, two = before["file"], after["file"]
+    assert _lists(one.test["history"]) != _lists(two.test["history"]) and one.fingerprint != two.fingerprint
+    for a, b in zip(one.test["history"], two.test["history"]):  # the same items in the same time order
+        assert sorted(a.tolist()) == sorted(b.tolist())
 
 
 def test_leave_one_out_on_generated_data(ml_dir):
@@ -194,11 +215,11 @@ def test_leave_one_out_on_generated_data(ml_dir):
     assert (train["user_text"] == test["user_text"]).all()
     for history, target, test_history in zip(train["history"], train["target"], test["history"]):
         assert list(history) + [target] == list(test_history)
-    # test.history + test.target is each user's ratings sorted by (timestamp, raw movie id)
+    # test.history + test.target is each user's ratings stably sorted by timestamp (file order among ties)
     raw = pd.read_csv(ml_dir / "ratings.dat", sep="::", engine="python", names=["user", "movie", "rating", "t"])
     movie_of = dict(zip(dataset.meta["items"]["item_id"], dataset.meta["items"]["movie_id"]))
     user_of = dict(zip(dataset.meta["users"]["user_id"], dataset.meta["users"]["raw_user_id"]))
-    expected = raw.sort_values(["user", "t", "movie"]).groupby("user")["movie"].apply(list)
+    expected = raw.sort_values(["user", "t"], kind="stable").groupby("user")["movie"].apply(list)
     for user, history, target in zip(test["user_id"], test["history"], test["target"]):
         assert [movie_of[i] for i in [*history, target]] == expected[user_of[user]]
 
@@ -209,7 +230,7 @@ def test_duplicates_keep_the_latest_rating(tmp_path):
     assert dataset.meta["stats"]["duplicates"] == 1 and dataset.meta["stats"]["ratings_read"] == 8
     assert _lists(dataset.test["history"])[1] == [1, 4, 2] and dataset.test["target"].iloc[1] == 3
     # the threshold sees the kept (latest) rating: 1 < 2, so movie 30 is gone for user 7
-    with pytest.warns(UserWarning, match="dropped 1 of 2 users"):  # user 3 keeps 2 ratings >= 2
+    with pytest.warns(UserWarning, match="1 of 2 users and 2 of 5 movies are left out"):  # user 3 keeps 2 >= 2
         thresholded = read_movielens(tmp_path, min_rating=2, **LOOSE)
     assert list(thresholded.meta["users"]["raw_user_id"]) == [7]
     assert list(thresholded.meta["items"]["movie_id"]) == [10, 20, 40]
@@ -218,7 +239,7 @@ def test_duplicates_keep_the_latest_rating(tmp_path):
 
 def test_min_rating_keeps_ratings_at_or_above_it(tmp_path):
     ratings = [*RATINGS, (7, 50, 4, 400), (7, 60, 5, 500)]
-    with pytest.warns(UserWarning, match="dropped 1 of 2 users"):  # user 3 keeps 50 and 10 only
+    with pytest.warns(UserWarning, match="1 of 2 users .* are left out"):  # user 3 keeps 50 and 10 only
         dataset = read_movielens(_write_ml1m(tmp_path, ratings=ratings), min_rating=4, **LOOSE)
     assert list(dataset.meta["users"]["raw_user_id"]) == [7]
     assert list(dataset.meta["items"]["movie_id"]) == [10, 30, 50, 60]
@@ -228,7 +249,8 @@ def test_min_rating_keeps_ratings_at_or_above_it(tmp_path):
 
 def test_user_with_one_interaction_is_dropped_with_a_warning(tmp_path):
     _write_ml1m(tmp_path, ratings=[*RATINGS, (9, 10, 5, 1)])
-    with pytest.warns(UserWarning, match=r"ratings.dat: dropped 1 of 3 users") as record:
+    with pytest.warns(UserWarning, match=r"ratings.dat: the k-core filter .* dropped 1 interactions; 1 of 3 users "
+                      r"are left out") as record:
         dataset = read_movielens(tmp_path, **LOOSE)
     assert len(record) == 1 and dataset.meta["stats"]["users_filtered"] == 1
     assert list(dataset.meta["users"]["raw_user_id"]) == [3, 7]
@@ -244,7 +266,10 @@ def test_k_core_repeats_until_stable(tmp_path):
         warnings.simplefilter("always")
         dataset = read_movielens(tmp_path, min_user_interactions=3, min_item_interactions=2)
     messages = sorted(str(w.message) for w in record)
-    assert len(messages) == 2 and messages[0].startswith("ratings.dat: dropped 1 of 3 users and 2 of 5 movies")
+    assert len(messages) == 2 and messages[0] == (
+        "ratings.dat: the k-core filter (at least 3 interactions per user and 2 per movie, repeated until stable) "
+        "dropped 4 interactions; 1 of 3 users and 2 of 5 movies are left out (in neither train nor test)."
+    )
     assert messages[1].startswith("users.dat: 2 of 2 users have no row (e.g. 1, 2)")
     assert list(dataset.meta["items"]["movie_id"]) == [10, 20, 30]
     assert _lists(dataset.test["history"]) == [[1, 2], [1, 2]] and list(dataset.test["target"]) == [3, 3]
@@ -424,11 +449,16 @@ def test_generator_is_byte_identical_for_a_seed(tmp_path, ml_template):
 
 
 def test_generated_data_reads_cleanly_with_the_expected_shape(ml_template):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the default read of the default data warns about nothing
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")  # the default read of the default data reports only the rare movies dropped
         dataset = read_movielens(ml_template)
     stats, items = dataset.meta["stats"], dataset.meta["items"]
     assert dataset.meta["format"] == "ml-1m" and len(dataset.train) == 60 and stats["users_filtered"] == 0
+    assert [str(w.message) for w in record] == [
+        f"ratings.dat: the k-core filter (at least 5 interactions per user and 5 per movie, repeated until stable) "
+        f"dropped {stats['interactions_filtered']} interactions; {stats['items_filtered']} of "
+        f"{len(items) + stats['items_filtered']} movies are left out (in neither train nor test)."
+    ]
     assert 20 * 60 <= stats["ratings_read"] <= 40 * 60  # lengths clipped to [20, n_items // 3]
     assert 0.05 < stats["tied_timestamps"] / stats["interactions"] < 0.15
     assert 90 <= len(items) <= 120 and dataset.meta["n_items"] == len(items) + 1
