@@ -33,6 +33,7 @@ def cv_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="run this many folds at once, one process each (default 1)")
     parser.add_argument("--devices", help="comma-separated devices, one fold worker each (e.g. cuda:0,cuda:1)")
     parser.add_argument("--params", metavar="best", choices=("best",), help="start from the best tuned params")
+    parser.add_argument("--resume", metavar="RUN", help="continue an interrupted run: its name (<model>-<id>) or 'last'")
     parser.add_argument("--list-models", action="store_true", help="list the registered model families and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
@@ -69,6 +70,7 @@ def leaderboard_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run.py leaderboard", description="Rank CV runs and ensembles.")
     parser.add_argument("--dataset", help="only this dataset")
     parser.add_argument("--metric", help="only runs scored with this metric")
+    parser.add_argument("--all-data", action="store_true", help="rank runs on different data fingerprints together")
     parser.add_argument("--format", default="table", choices=("table", "csv", "md"))
     parser.add_argument("--plot", metavar="PATH", help="also write a PNG comparison plot")
     return parser
@@ -115,11 +117,14 @@ def cross_validate(args: argparse.Namespace) -> None:
         return list_models_table()
     from harness.cv import make_run_config, run_cv
 
-    run_cv(make_run_config(args.model, *config_layers(args)))
+    run_cv(make_run_config(args.model, *config_layers(args)), resume=args.resume)
 
 
 def tune(args: argparse.Namespace) -> None:
     from harness.tune import tune as run_study
+
+    if args.resume:
+        raise HarnessError("--resume continues a CV run; a study resumes by name with --study.")
 
     result = run_study(args.model, args.trials, layers=config_layers(args), study_name=args.study, storage=args.storage)
     print(f"study {result['study']}: {result['n_complete']} complete, {result['n_pruned']} pruned, "
@@ -148,7 +153,7 @@ def ensemble(args: argparse.Namespace) -> None:
 def leaderboard(args: argparse.Namespace) -> None:
     from harness.leaderboard import leaderboard as build, plot, render
 
-    frame = build(dataset=args.dataset, metric=args.metric)
+    frame = build(dataset=args.dataset, metric=args.metric, all_data=args.all_data)
     print(render(frame, args.format))
     if args.plot:
         print(f"plot: {plot(frame, args.plot)}")

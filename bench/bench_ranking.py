@@ -1,16 +1,20 @@
-"""Full-ranking throughput: users × items scoring, history masking and top-K, against simple peers.
+"""Full-ranking metrics against the memory floor and against peers, on one users × items score matrix.
 
-The harness path (:func:`harness.ranking.top_n`) scores users in memory-bounded batches, masks
-their histories with one scatter per batch and takes ``torch.topk`` on the device. Two
-straightforward peers are measured in the same run on the same embeddings and histories:
+Every number is measured in the same run on the same float32 scores (tie-free: standard normal)
+and histories, and printed in seconds and as a ratio to the floor:
 
-- ``per-user loop``: for each user, a score vector, its history set to -inf, ``np.argsort``;
-- ``full matrix``: the whole users × items score matrix at once, masked row by row, then one
-  ``np.argpartition`` + sort (fast, but holds every score in memory at once).
+- ``floor``: one read of the score matrix (``scores.sum()``), what any metric must at least pay;
+- ``harness ranks``: :func:`harness.ranking.full_ranking` with targets and no lists (what a
+  ``_full`` validation score computes): the NaN check, one counting pass per batch, the
+  history correction, then Hit/NDCG/MRR@K from the ranks;
+- ``harness + top-N``: the same pass also producing each user's top-N list (the submission path);
+- ``torch.topk``: the whole matrix masked and ``torch.topk`` over it, the target's position in the
+  list (RecBole's full-sort evaluation); it holds a second copy of the matrix;
+- ``ranx``: ``ranx.evaluate`` on the top-K lists of the ``torch.topk`` row (list building not
+  counted), when ranx is installed (only in the bench environment: ``bench/requirements-peers.txt``).
 
-The table prints users per second, the speed-up of the harness over each peer, the scores each
-path holds at once, and how many top-K items agree with the per-user loop's (float32 matmuls in
-torch and numpy round differently, so near-ties at the K-th place may swap).
+The harness values are checked against the ``torch.topk`` reference (equal on tie-free scores) and
+against ranx. ``--users``/``--items`` shrink the problem; the defaults are the 20,000 × 20,000 case.
 """
 
 from __future__ import annotations
@@ -21,31 +25,13 @@ import time
 import numpy as np
 import torch
 
-from harness.ranking import MAX_SCORE_ELEMENTS, top_n
-from harness.runtime import resolve_device
+from harness.metrics import ranking_report, ranks_from_topn
+from harness.ranking import MAX_SCORE_ELEMENTS, full_ranking
+
+KS = (5, 10, 20)
 
 
-def per_user_loop(users: np.ndarray, items: np.ndarray, histories, k: int) -> np.ndarray:
-    out = np.empty((len(users), k), np.int64)
-    for row, history in enumerate(histories):
-        scores = items @ users[row]
-        scores[0] = -np.inf
-        scores[history] = -np.inf
-        out[row] = np.argsort(-scores, kind="stable")[:k]
-    return out
-
-
-def full_matrix(users: np.ndarray, items: np.ndarray, histories, k: int) -> np.ndarray:
-    scores = users @ items.T
-    scores[:, 0] = -np.inf
-    for row, history in enumerate(histories):
-        scores[row, history] = -np.inf
-    top = np.argpartition(-scores, k, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1)
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
+def timed(fn, repeats: int):
     best, result = float("inf"), None
     for _ in range(repeats):
         started = time.perf_counter()
@@ -54,43 +40,81 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return best, result
 
 
+def report(ranks: np.ndarray) -> dict[str, float]:
+    return {k: v for k, v in ranking_report(ranks, KS).items() if not k.startswith("recall")}
+
+
+def topk_reference(scores: torch.Tensor, histories, targets: np.ndarray, k: int):
+    masked = scores.clone()
+    masked[:, 0] = -torch.inf
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    masked[torch.as_tensor(rows), torch.as_tensor(np.concatenate(histories))] = -torch.inf
+    top = torch.topk(masked, k, dim=1).indices.numpy()
+    return top, report(ranks_from_topn(top, targets))
+
+
+def ranx_scores(top: np.ndarray, values: np.ndarray, targets: np.ndarray):
+    from ranx import Qrels, Run, evaluate
+
+    users = [f"u{i}" for i in range(len(top))]
+    qrels = Qrels({u: {f"i{t}": 1} for u, t in zip(users, targets)})
+    run = Run({u: {f"i{i}": float(v) for i, v in zip(row, vals)} for u, row, vals in zip(users, top, values)})
+    names = [f"{m}@{k}" for k in KS for m in ("hit_rate", "ndcg", "mrr")]
+    started = time.perf_counter()
+    result = evaluate(qrels, run, names)
+    seconds = time.perf_counter() - started
+    rename = {"hit_rate": "hit", "ndcg": "ndcg", "mrr": "mrr"}
+    return seconds, {f"{rename[n.split('@')[0]]}@{n.split('@')[1]}_full": float(v) for n, v in result.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=6040, help="default: ml-1m's users")
-    parser.add_argument("--items", type=int, default=3706, help="default: ml-1m's items")
-    parser.add_argument("--history", type=int, default=165, help="mean history length (ml-1m: about 165)")
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--k", type=int, default=50)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--history", type=int, default=50, help="mean history length")
+    parser.add_argument("--top", type=int, default=50, help="list length of the submission path")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    device = torch.device(resolve_device(args.device))
 
+    torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    users = rng.standard_normal((args.users, args.dim)).astype(np.float32)
-    items = rng.standard_normal((args.items + 1, args.dim)).astype(np.float32)
+    scores = torch.randn(args.users, args.items)
     lengths = np.clip(rng.geometric(1 / args.history, size=args.users), 1, args.items // 2)
-    histories = [rng.choice(np.arange(1, args.items + 1), size=n, replace=False) for n in lengths]
-    users_t, items_t = torch.from_numpy(users).to(device), torch.from_numpy(items).to(device)
+    histories = [rng.choice(np.arange(1, args.items), size=n, replace=False) for n in lengths]
+    targets = np.array([rng.choice(np.setdiff1d(np.arange(1, args.items), h)) for h in histories])
+    score_fn = lambda rows: scores[rows[0] : rows[-1] + 1]  # noqa: E731  (batches are contiguous rows)
+    batch_bytes = min(args.users, MAX_SCORE_ELEMENTS // args.items) * args.items * 4
 
-    def harness_path():
-        return top_n(lambda rows: users_t[torch.as_tensor(rows, device=device)] @ items_t.T, histories,
-                     args.items + 1, args.k, device=device)[0]  # fmt: skip
+    floor, _ = timed(lambda: float(scores.sum()), args.repeats)
+    harness, harness_values = timed(
+        lambda: report(full_ranking(score_fn, histories, args.items, targets=targets, n=0).ranks), args.repeats
+    )
+    with_lists, _ = timed(lambda: full_ranking(score_fn, histories, args.items, targets=targets, n=args.top), 1)
+    topk_seconds, (top, topk_values) = timed(lambda: topk_reference(scores, histories, targets, max(KS)), 1)
 
-    results = {
-        "harness top_n": (*timed(harness_path, args.repeats), min(args.users, MAX_SCORE_ELEMENTS // (args.items + 1))),
-        "per-user loop": (*timed(lambda: per_user_loop(users, items, histories, args.k), 1), 1),
-        "full matrix": (*timed(lambda: full_matrix(users, items, histories, args.k), args.repeats), args.users),
-    }
-    reference = results["per-user loop"][1]
-    print(f"{args.users} users × {args.items} items, d={args.dim}, top-{args.k}, mean history {lengths.mean():.0f}, "
-          f"device {device}, {torch.get_num_threads()} threads")  # fmt: skip
-    print(f"{'path':<16}{'seconds':>10}{'users/s':>12}{'harness speed-up':>18}{'scores held':>14}{'agreement':>11}")
-    harness_seconds = results["harness top_n"][0]
-    for name, (seconds, top, rows_held) in results.items():
-        agreement = np.mean([len(np.intersect1d(a, b)) / args.k for a, b in zip(top, reference)])
-        print(f"{name:<16}{seconds:>10.3f}{args.users / seconds:>12.0f}{seconds / harness_seconds:>17.1f}x"
-              f"{rows_held * (args.items + 1):>14,}{agreement:>11.4%}")  # fmt: skip
+    rows = [
+        ("floor: one read (sum)", floor, "0"),
+        ("harness ranks + metrics", harness, f"{batch_bytes / 2**20:.0f} MiB per batch"),
+        (f"harness + top-{args.top} lists", with_lists, f"{batch_bytes / 2**20:.0f} MiB per batch"),
+        ("torch.topk, whole matrix", topk_seconds, f"{scores.numel() * 4 / 2**20:,.0f} MiB"),
+    ]
+    peers = {"torch.topk": topk_values}
+    try:
+        values = torch.gather(scores, 1, torch.as_tensor(top)).numpy()
+        ranx_seconds, peers["ranx"] = ranx_scores(top, values, targets)
+        rows.append((f"ranx.evaluate on top-{max(KS)} lists", ranx_seconds, "lists"))
+    except ImportError:
+        print("ranx is not installed here (bench environment only: pip install -r bench/requirements-peers.txt)")
+
+    print(f"{args.users:,} users × {args.items:,} items, float32, mean history {lengths.mean():.0f}, "
+          f"{torch.get_num_threads()} torch threads")  # fmt: skip
+    print(f"{'path':<32}{'seconds':>10}{'× floor':>10}   extra memory")
+    for name, seconds, memory in rows:
+        print(f"{name:<32}{seconds:>10.3f}{seconds / floor:>10.1f}   {memory}")
+    for peer, values in peers.items():
+        gap = max(abs(harness_values[key] - values[key]) for key in harness_values)
+        print(f"harness vs {peer}: largest metric difference {gap:.2e} over {', '.join(harness_values)}")
+    print("harness values: " + ", ".join(f"{k} {v:.4f}" for k, v in harness_values.items()))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the defaults and one comment per field, and kept whole for logging.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "POSITIVE_INT",
     "NON_NEGATIVE",
     "POSITIVE",
+    "check_train_config",
     "FRACTION",
 ]
 
@@ -164,6 +166,8 @@ POSITIVE_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >
 NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 POSITIVE = (lambda v: v > 0, "> 0")
 FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+FINITE_POSITIVE = (lambda v: 0 < v < math.inf, "a finite number > 0")
+FINITE_NON_NEGATIVE = (lambda v: 0 <= v < math.inf, "a finite number >= 0")
 
 
 def check_fields(config: Any, constraint: tuple[Any, str], *names: str, where: str = "model") -> None:
@@ -177,6 +181,14 @@ def check_fields(config: Any, constraint: tuple[Any, str], *names: str, where: s
         value = getattr(config, name)
         if not ok(value):
             raise HarnessError(f"{where}.{name} must be {expected}, got {value!r}.")
+
+
+def check_train_config(train: TrainConfig) -> None:
+    """Every ``train.*`` setting in range, checked before anything is generated or written."""
+    check_fields(train, POSITIVE_INT, "epochs", "batch_size", "patience", where="train")
+    check_fields(train, FINITE_POSITIVE, "lr", where="train")
+    check_fields(train, FINITE_NON_NEGATIVE, "weight_decay", "grad_clip", where="train")
+    check_fields(train, FRACTION, "warmup_ratio", where="train")
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -3,7 +3,13 @@
 For each fold the family is trained on the other folds, predicts its validation fold (out-of-fold,
 OOF) and the test set. The OOF predictions give the CV score; the fold models' test predictions,
 averaged, give the submission. Everything is logged to one MLflow parent run with a nested run
-per fold.
+per fold, each fold's as soon as it finishes.
+
+A run survives interruption at fold granularity: its folder holds ``run.json`` (what must match
+to continue it) and ``config.yaml`` from the start, and each finished fold's outcome
+(``fold_<k>/outcome.pkl``) as it completes, written atomically. ``run_cv(config, resume=...)``
+loads the finished folds, trains the others and continues the same MLflow run, so the result is
+the one an uninterrupted run with the same seed gives.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import pickle
+import socket
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,7 +32,7 @@ import torch
 import yaml
 
 from harness import plots
-from harness.config import RunConfig, build, flatten, merge
+from harness.config import RunConfig, build, check_train_config, flatten, merge
 from harness.data import Dataset, get_dataset_spec, load_dataset
 from harness.errors import HarnessError
 from harness.folds import get_folds
@@ -35,7 +43,11 @@ from harness.runtime import git_commit, package_versions, resolve_device, seed_e
 from harness.tasks import get_task_adapter
 from harness.tracking import DEFAULT_DIR, NullTracker, Tracker
 
-__all__ = ["run_cv", "make_run_config", "resolve_run_config"]
+__all__ = ["run_cv", "make_run_config", "resolve_run_config", "find_run"]
+
+RUNS_DIR = DEFAULT_DIR / "runs"
+# Settings that may change when a run is resumed: they do not touch the numbers.
+_RESUMABLE_CHANGES = ("workers", "devices", "train.progress")
 
 
 def make_run_config(model: str, *layers: dict[str, Any] | None) -> RunConfig:
@@ -71,7 +83,8 @@ def resolve_run_config(config: RunConfig) -> RunConfig:
     metric = get_metric(config.metric or spec.metric)
     if metric.task != entry.task.metric_task:
         raise HarnessError(f"Metric {metric.name!r} is for {metric.task!r}, not for {entry.task.value!r}.")
-    # Validate the family's config now, before anything is generated or written.
+    # Validate the training settings and the family's config now, before anything is generated or written.
+    check_train_config(config.train)
     model_params = dataclasses.asdict(build(entry.config_cls, config.model_params, "model"))
     return dataclasses.replace(
         config,
@@ -89,15 +102,22 @@ def run_cv(
     on_fold: Callable[[int, float], None] | None = None,
     nested: bool = False,
     tags: dict[str, str] | None = None,
+    resume: str | None = None,
+    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Cross-validate ``config.model``; returns scores, paths and ids as a plain dict.
 
     Args:
         on_fold: called with ``(fold, score)`` as each fold finishes (in fold order when folds run
-            sequentially, in completion order otherwise); an exception it raises (e.g. Optuna's
-            ``TrialPruned``) stops the run. Used by tuning to prune on fold scores.
+            sequentially, in completion order otherwise; a resumed run's finished folds first);
+            an exception it raises (e.g. Optuna's ``TrialPruned``) stops the run. Used by tuning
+            to prune on fold scores.
         nested: log the MLflow run under the active one (a study's parent run).
         tags: extra MLflow tags of the run.
+        resume: continue an interrupted run, by run name or ``"last"`` (see :func:`find_run`); its
+            recorded config, seed, fold file, data fingerprint and threads must match this one's.
+        run_name: the name of a new run (default ``<model>-<random id>``); tuning names trials'
+            runs so that a retried trial can find its predecessor's.
     """
     # configuration
     config = resolve_run_config(config)
@@ -118,43 +138,73 @@ def run_cv(
     fold_of = dict(zip(folds["id"], folds["fold"]))
     train_fold = dataset.train[dataset.id_col].astype(str).map(fold_of).to_numpy()
 
-    run_name = f"{config.model}-{uuid.uuid4().hex[:8]}"
-    run_dir = DEFAULT_DIR / "runs" / run_name
-    tracker = Tracker(dataset.name) if config.tracking else NullTracker()
     resolved = dataclasses.asdict(config)
+    record = {"seed": config.seed, "fold_file": fold_path.name, "data_fingerprint": dataset.fingerprint,
+              "threads_per_fold": threads}  # fmt: skip
+    if resume is None:
+        run_name = run_name or f"{config.model}-{uuid.uuid4().hex[:8]}"
+        run_dir, parent_id, finished = RUNS_DIR / run_name, None, {}
+    else:
+        run_dir = find_run(resume, config.model)
+        recorded = _check_resumable(run_dir, resolved, record)
+        run_name, parent_id = run_dir.name, recorded.get("run_id")
+        finished = _finished_folds(run_dir, config.folds)
+    tracker = Tracker(dataset.name) if config.tracking else NullTracker()
+    closed = tracker.close_dead_runs()
+    if closed:
+        log(f"marked {len(closed)} run(s) whose process is gone as KILLED: {', '.join(closed)}")
     log(f"{run_name}: {config.model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test rows), "
         f"{config.folds} {config.fold_scheme} folds, metric {metric.name}, "
         f"devices {','.join(devices)}, {threads} threads per fold, seed {config.seed}")  # fmt: skip
+    if resume is not None:
+        log(f"{run_name}: resuming with folds {', '.join(map(str, sorted(finished))) or 'none'} already finished")
 
-    test_predictions, fold_rows, histories = [], [], {}
+    fold_rows, histories = [], {}
     started = time.perf_counter()
     run_tags = {"model": config.model, "dataset": dataset.name, "kind": "cv", **(tags or {})}
-    with tracker.run(run_name, nested=nested, tags=run_tags) as run_id:
-        tracker.log_params(flatten(resolved))
-        tracker.set_tags({
-            "seed": config.seed, "metric": metric.name, "greater_is_better": metric.greater_is_better,
-            "fold_file": fold_path.name, "data_fingerprint": dataset.fingerprint, "git_commit": git_commit(),
-            "devices": ",".join(devices), "threads_per_fold": threads,
-            **{f"version.{k}": v for k, v in package_versions().items()},
-        })  # fmt: skip
+    with tracker.run(run_name, nested=nested, tags=run_tags, run_id=parent_id) as run_id:
+        if parent_id is None:
+            tracker.log_params(flatten(resolved))
+            tracker.set_tags({
+                "seed": config.seed, "metric": metric.name, "greater_is_better": metric.greater_is_better,
+                "fold_file": fold_path.name, "data_fingerprint": dataset.fingerprint, "git_commit": git_commit(),
+                "devices": ",".join(devices), "threads_per_fold": threads,
+                **{f"version.{k}": v for k, v in package_versions().items()},
+            })  # fmt: skip
+        tracker.set_tags({"pid": os.getpid(), "host": socket.gethostname()})
+        atomic_write(run_dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(resolved, sort_keys=False)))
+        atomic_write(run_dir / "run.json", lambda p: p.write_text(json.dumps({"run_id": run_id, **record}, indent=2)))
 
-        # model training: folds in this process, or one worker process per device
-        outcomes = run_folds(config, dataset, train_fold, run_dir, devices, log, on_fold)
-        for outcome in outcomes:
-            k, score, explained = outcome.fold, outcome.score, outcome.explained
-            histories[k] = outcome.history
-            with tracker.run(f"{run_name}-fold_{k}", nested=True, tags={"fold": str(k), "device": outcome.device}):
-                for step, logs in enumerate(outcome.history):
+        def fold_done(outcome: FoldOutcome) -> None:
+            """Persist the fold, then log it, as soon as it finishes."""
+            atomic_write(run_dir / f"fold_{outcome.fold}" / "outcome.pkl", lambda p: p.write_bytes(pickle.dumps(outcome)))
+            log_fold(outcome)
+
+        def log_fold(outcome: FoldOutcome) -> None:
+            k = outcome.fold
+            fold_tags = {"fold": str(k), "device": outcome.device, "pid": str(os.getpid()), "host": socket.gethostname()}
+            with tracker.run(f"{run_name}-fold_{k}", nested=True, tags=fold_tags):
+                for step, logs in enumerate(outcome.history, start=1):
                     tracker.log_metrics(logs, step=step)
                     tracker.log_metrics({f"fold_{k}/{name}": v for name, v in logs.items()}, step=step, run_id=run_id)
-                tracker.log_metrics({metric.name: score, f"baseline_{metric.name}": outcome.baseline,
-                                     "seconds": outcome.seconds, **explained})  # fmt: skip
-            tracker.log_metrics({f"fold_{k}/{metric.name}": score, **{f"fold_{k}/{n}": v for n, v in explained.items()}})
-            test_predictions.append(outcome.test_pred)
-            fold_rows.append({"fold": k, "n_valid": int((train_fold == k).sum()), metric.name: score,
-                              f"baseline_{metric.name}": outcome.baseline,
+                tracker.log_metrics({metric.name: outcome.score, f"baseline_{metric.name}": outcome.baseline,
+                                     "seconds": outcome.seconds, **outcome.explained})  # fmt: skip
+            tracker.log_metrics({f"fold_{k}/{metric.name}": outcome.score,
+                                 **{f"fold_{k}/{n}": v for n, v in outcome.explained.items()}})  # fmt: skip
+
+        for outcome in finished.values():  # a fold persisted just before the kill may not be logged yet
+            if not tracker.has_child_run(run_id, "fold", str(outcome.fold)):
+                log_fold(outcome)
+
+        # model training: folds in this process, or one worker process per device
+        outcomes = run_folds(config, dataset, train_fold, run_dir, devices, log, on_fold, finished, fold_done)
+        for outcome in outcomes:
+            histories[outcome.fold] = outcome.history
+            fold_rows.append({"fold": outcome.fold, "n_valid": int((train_fold == outcome.fold).sum()),
+                              metric.name: outcome.score, f"baseline_{metric.name}": outcome.baseline,
                               "best_epoch": _best_epoch(outcome.history, metric), "seconds": outcome.seconds,
-                              **explained})  # fmt: skip
+                              **outcome.explained})  # fmt: skip
+        test_predictions = [outcome.test_pred for outcome in outcomes]
 
         # model evaluation: out-of-fold, and the test rows when their targets are known
         oof = adapter.assemble(len(dataset.train), [(np.flatnonzero(train_fold == o.fold), o.valid_pred) for o in outcomes])
@@ -181,12 +231,10 @@ def run_cv(
         submission = adapter.submission(dataset, test_ids, test_average)
         submission_path = Path(config.submissions_dir) / f"{run_name}.csv"
 
-        run_dir.mkdir(parents=True, exist_ok=True)
         artifacts = {
             "oof.parquet": lambda p: oof_frame.to_parquet(p, index=False),
             "test_predictions.parquet": lambda p: test_frame.to_parquet(p, index=False),
             "folds.csv": lambda p: folds.to_csv(p, index=False),
-            "scores.json": lambda p: p.write_text(json.dumps({"folds": fold_rows, **summary}, indent=2)),
             "config.yaml": lambda p: p.write_text(yaml.safe_dump(resolved, sort_keys=False)),
         }
         if all(outcome.test_pred_final is not None for outcome in outcomes):
@@ -198,7 +246,8 @@ def run_cv(
             final_test_frame = _per_fold_frame(adapter, test_ids, [outcome.test_pred_final for outcome in outcomes])
             artifacts["oof_final.parquet"] = lambda p: final_oof_frame.to_parquet(p, index=False)
             artifacts["test_predictions_final.parquet"] = lambda p: final_test_frame.to_parquet(p, index=False)
-        for name, write in artifacts.items():
+        artifacts["scores.json"] = lambda p: p.write_text(json.dumps({"folds": fold_rows, **summary}, indent=2))
+        for name, write in artifacts.items():  # scores.json last: its presence marks a finished run
             atomic_write(run_dir / name, write)
         figures = plots.cv_plots(run_dir, dataset, oof, histories, metric, [o.explained for o in outcomes])
         atomic_write(submission_path, lambda p: submission.to_csv(p, index=False))
@@ -289,47 +338,102 @@ def fit_fold(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, k: int
 
 def run_folds(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, run_dir: Path, devices: list[str],
               log: Callable[[str], Any] = print, on_fold: Callable[[int, float], None] | None = None,
-              ) -> list[FoldOutcome]:  # fmt: skip
+              finished: dict[int, FoldOutcome] | None = None,
+              fold_done: Callable[[FoldOutcome], None] | None = None) -> list[FoldOutcome]:  # fmt: skip
     """Every fold, in fold order: sequentially, or in one worker process per device.
 
-    Workers are started with ``spawn`` (safe with CUDA and threads). The first failing fold stops
-    the run with its error; folds already finished keep their checkpoints in ``run_dir``.
+    Folds in ``finished`` (a resumed run's) are not trained again. ``fold_done`` gets each newly
+    finished fold's outcome at once, in this process, before ``on_fold`` may stop the run. Workers
+    are started with ``spawn`` (safe with CUDA and threads). The first failing fold stops the run
+    with its error; folds already finished stay in ``run_dir``.
     """
     threads = _threads(config, devices)
     report = on_fold or (lambda fold, score: None)
+    outcomes: dict[int, FoldOutcome] = dict(finished or {})
+    for k in sorted(outcomes):
+        report(k, outcomes[k].score)
+    todo = [k for k in range(config.folds) if k not in outcomes]
+
+    def done(outcome: FoldOutcome) -> None:
+        outcomes[outcome.fold] = outcome
+        if fold_done is not None:
+            fold_done(outcome)
+        report(outcome.fold, outcome.score)
+
     if len(devices) == 1:
         previous = torch.get_num_threads()
         try:
-            outcomes = []
-            for k in range(config.folds):
-                outcomes.append(fit_fold(config, dataset, train_fold, k, run_dir, devices[0], threads, log))
-                report(k, outcomes[-1].score)
-            return outcomes
+            for k in todo:
+                done(fit_fold(config, dataset, train_fold, k, run_dir, devices[0], threads, log))
         finally:
             torch.set_num_threads(previous)
-    outcomes: dict[int, FoldOutcome] = {}
+        return [outcomes[k] for k in range(config.folds)]
     with ProcessPoolExecutor(len(devices), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {
-            pool.submit(fit_fold, config, dataset, train_fold, k, run_dir, devices[k % len(devices)], threads): k
-            for k in range(config.folds)
+            pool.submit(fit_fold, config, dataset, train_fold, k, run_dir, devices[i % len(devices)], threads): k
+            for i, k in enumerate(todo)
         }  # fmt: skip
         for future in as_completed(futures):
             k = futures[future]
             try:
-                outcomes[k] = future.result()
+                outcome = future.result()
             except Exception as exc:
                 for pending in futures:
                     pending.cancel()
-                done = ", ".join(map(str, sorted(outcomes))) or "none"
+                finished_folds = ", ".join(map(str, sorted(outcomes))) or "none"
                 raise HarnessError(f"fold {k} failed: {type(exc).__name__}: {' '.join(str(exc).split())} "
-                                   f"(finished folds: {done}; their checkpoints are in {run_dir})") from exc  # fmt: skip
+                                   f"(finished folds: {finished_folds}; they are kept in {run_dir})") from exc  # fmt: skip
             try:
-                report(k, outcomes[k].score)
+                done(outcome)
             except BaseException:
                 for pending in futures:
                     pending.cancel()
                 raise
     return [outcomes[k] for k in range(config.folds)]
+
+
+def find_run(name: str, model: str) -> Path:
+    """The folder of run ``name`` (``<model>-<id>``), or with ``"last"`` the newest unfinished run of ``model``."""
+    if name != "last":
+        run_dir = RUNS_DIR / name
+        if not (run_dir / "run.json").is_file():
+            raise HarnessError(f"--resume {name}: no run folder {str(run_dir)!r} with a run.json to continue.")
+        if (run_dir / "scores.json").is_file():
+            raise HarnessError(f"--resume {name}: that run already finished ({run_dir / 'scores.json'} exists).")
+        return run_dir
+    candidates = [p.parent for p in RUNS_DIR.glob(f"{model}-*/run.json") if not (p.parent / "scores.json").exists()]
+    if not candidates:
+        raise HarnessError(f"--resume last: no unfinished run of {model!r} in {str(RUNS_DIR)!r}.")
+    return max(candidates, key=lambda p: (p / "run.json").stat().st_mtime_ns)
+
+
+def _check_resumable(run_dir: Path, resolved: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The run's record, once its config, seed, fold file, data and threads are this run's."""
+    recorded = json.loads((run_dir / "run.json").read_text())
+    before = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    now = flatten(resolved)
+    for key in sorted(set(before) | set(now)):
+        if key not in _RESUMABLE_CHANGES and before.get(key) != now.get(key):
+            raise HarnessError(
+                f"--resume {run_dir.name}: {key} was {before.get(key)!r} in that run, now {now.get(key)!r}; "
+                "a resumed run must have the same settings."
+            )
+    for key, value in record.items():
+        if recorded.get(key) != value:
+            hint = " (set threads_per_fold to match)" if key == "threads_per_fold" else ""
+            raise HarnessError(
+                f"--resume {run_dir.name}: {key} was {recorded.get(key)!r} in that run, now {value!r}{hint}."
+            )
+    return recorded
+
+
+def _finished_folds(run_dir: Path, n_folds: int) -> dict[int, FoldOutcome]:
+    outcomes = {}
+    for k in range(n_folds):
+        path = run_dir / f"fold_{k}" / "outcome.pkl"
+        if path.is_file():
+            outcomes[k] = pickle.loads(path.read_bytes())
+    return outcomes
 
 
 def _per_fold_frame(adapter, ids: pd.Series, predictions: list[np.ndarray]) -> pd.DataFrame:
@@ -343,4 +447,4 @@ def _best_epoch(history: list[dict[str, float]], metric) -> int | None:
     scores = [h[key] for h in history if key in h]
     if not scores:
         return None
-    return int(np.argmax(scores) if metric.greater_is_better else np.argmin(scores))
+    return 1 + int(np.argmax(scores) if metric.greater_is_better else np.argmin(scores))  # epochs count from 1

@@ -149,10 +149,11 @@ def _prediction_values(frame: pd.DataFrame, label: str, file: str) -> np.ndarray
 
 
 def _recommendations(frame: pd.DataFrame, prefix: str) -> Recommendations:
-    """A recommendation run's ``<prefix>_items|scores|sampled`` list columns."""
-    sampled = f"{prefix}_sampled"
+    """A recommendation run's ``<prefix>_items|scores|sampled|rank`` columns."""
+    sampled, rank = f"{prefix}_sampled", f"{prefix}_rank"
     return Recommendations(np.stack(frame[f"{prefix}_items"]), np.stack(frame[f"{prefix}_scores"]),
-                           np.stack(frame[sampled]) if sampled in frame.columns else None)  # fmt: skip
+                           np.stack(frame[sampled]) if sampled in frame.columns else None,
+                           frame[rank].to_numpy() if rank in frame.columns else None)  # fmt: skip
 
 
 def _client():

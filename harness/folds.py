@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 
-from harness.data import Dataset
+from harness.data import Dataset, create_once
 from harness.errors import HarnessError
 from harness.io import atomic_write
 
@@ -102,13 +102,19 @@ def fold_file_path(folds_dir: str | Path, dataset: Dataset, scheme: str, n_split
 def get_folds(
     dataset: Dataset, scheme: str, n_splits: int, seed: int, folds_dir: str | Path = "folds"
 ) -> tuple[Path, pd.DataFrame]:
-    """Reuse the fold file for this dataset/scheme/K/seed, or create, validate and write it."""
+    """Reuse the fold file for this dataset/scheme/K/seed, or create, validate and write it.
+
+    Processes starting together write it once (the split is the same in each: it is seeded): the
+    first writes it under a lock, the others wait and read that file.
+    """
     path = fold_file_path(folds_dir, dataset, scheme, n_splits, seed)
-    if path.exists():
-        folds = pd.read_csv(path, dtype={"id": str, "fold": np.int64})
-    else:
-        folds = make_folds(dataset, scheme, n_splits, seed)
-    validate_folds(folds, dataset, n_splits, source=str(path), check_groups=scheme == "group")
     if not path.exists():
-        atomic_write(path, lambda tmp: folds.to_csv(tmp, index=False))
+        folds = make_folds(dataset, scheme, n_splits, seed)
+        validate_folds(folds, dataset, n_splits, source=str(path), check_groups=scheme == "group")
+        with create_once(path) as missing:
+            if missing:
+                atomic_write(path, lambda tmp: folds.to_csv(tmp, index=False))
+                return path, folds
+    folds = pd.read_csv(path, dtype={"id": str, "fold": np.int64})
+    validate_folds(folds, dataset, n_splits, source=str(path), check_groups=scheme == "group")
     return path, folds

@@ -1,16 +1,19 @@
 """The leaderboard: every tracked CV run and ensemble, ranked by its CV score.
 
 Rows come from the MLflow store (parent runs only: those with a ``kind`` tag), so the
-leaderboard can never disagree with what the runs logged. Runs are ranked within each
-(dataset, metric) group, best first in the metric's own direction from
-:func:`harness.metrics.get_metric`: scores under different metrics are not comparable.
+leaderboard can never disagree with what the runs logged. Only runs that FINISHED are ranked: a
+running, failed or killed run has no final score. Runs are ranked on boards of one dataset, one
+data fingerprint and one metric, best first in the metric's own direction from
+:func:`harness.metrics.get_metric`: scores on other data or under other metrics are not comparable.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -25,21 +28,34 @@ from harness.io import atomic_write  # noqa: E402
 from harness.metrics import get_metric  # noqa: E402
 from harness.tracking import metric_key  # noqa: E402
 
-__all__ = ["leaderboard", "render", "plot", "FORMATS", "COLUMNS"]
+__all__ = ["leaderboard", "render", "plot", "FORMATS", "COLUMNS", "COMPACT_COLUMNS"]
 
 FORMATS = ("table", "csv", "md")
-COLUMNS = ("rank", "model", "dataset", "kind", "metric", "cv_mean", "cv_std", "fold_scores", "test", "seed", "folds",
-           "params", "seconds", "run_id", "run_name", "fold_file")  # fmt: skip
+COLUMNS = ("rank", "model", "dataset", "data", "kind", "metric", "cv_mean", "cv_std", "fold_scores", "test", "seed",
+           "folds", "params", "seconds", "run_id", "run_name", "fold_file")  # fmt: skip
+COMPACT_COLUMNS = ("rank", "model", "data", "cv_mean", "cv_std", "test", "params", "seconds", "run_name", "run_id")
+_COMPACT_PARAMS_WIDTH = 40  # longer lists of differing settings wrap within the cell
+_NUMERIC = ("rank", "cv_mean", "cv_std", "test", "seconds")
 _PARAM_PREFIXES = ("model_params.", "train.")  # the settings that distinguish one run from another
-_SCHEMA = {"cv_std": pl.Float64, "test": pl.Float64, "fold_scores": pl.List(pl.Float64), "seed": pl.Int64,
-           "seconds": pl.Float64}
+_SCHEMA = {"data": pl.String, "cv_std": pl.Float64, "test": pl.Float64, "fold_scores": pl.List(pl.Float64),
+           "seed": pl.Int64, "seconds": pl.Float64}
 
 
-def leaderboard(dataset: str | None = None, metric: str | None = None, tracking_uri: str | None = None) -> pl.DataFrame:
-    """One row per CV run or ensemble (see ``COLUMNS``), ranked 1..n within each (dataset, metric).
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
-    ``params`` lists the ``model.*`` / ``train.*`` settings whose values differ between the listed
-    runs of a dataset: what sets a run apart, without the settings they all share.
+
+def leaderboard(dataset: str | None = None, metric: str | None = None, tracking_uri: str | None = None,
+                all_data: bool = False, log: Callable[[str], Any] = _to_stderr) -> pl.DataFrame:
+    """One row per finished CV run or ensemble (see ``COLUMNS``), ranked 1..n on each board.
+
+    A board is one (dataset, data, metric): ``data`` is the run's data fingerprint (its first 8
+    characters, as in fold-file names), since a score on other data (real files, other reader
+    options) is not comparable. ``all_data=True`` ranks each (dataset, metric) across fingerprints.
+    Runs that did not finish are left out, with a one-line note through ``log`` (default: stderr,
+    so piped CSV stays CSV). ``params`` lists the ``model.*`` / ``train.*`` settings whose values
+    differ between the listed runs of a dataset: what sets a run apart, without the settings they
+    all share.
     """
     if metric is not None:
         try:
@@ -47,7 +63,11 @@ def leaderboard(dataset: str | None = None, metric: str | None = None, tracking_
         except ValueError as exc:
             raise HarnessError(str(exc)) from None
     uri = tracking_uri or tracking.tracking_uri()
-    rows = [_row(run) for run in _search(uri, dataset, metric)]
+    runs = _search(uri, dataset, metric)
+    finished = [run for run in runs if run.info.status == "FINISHED"]
+    if len(finished) < len(runs):
+        log(_unfinished_note([run for run in runs if run.info.status != "FINISHED"]))
+    rows = [_row(run) for run in finished if _has_cv_score(run)]
     if not rows:
         scope = "".join([f" of dataset {dataset!r}" if dataset else "", f" scored with {metric!r}" if metric else ""])
         raise HarnessError(f"No CV runs or ensembles{scope} in {uri}; create one with "
@@ -57,14 +77,22 @@ def leaderboard(dataset: str | None = None, metric: str | None = None, tracking_
         differing = _differing_params([row.pop("_params") for row in members])
         for row, params in zip(members, differing):
             row["params"] = params
-    frame = pl.DataFrame(rows, schema_overrides=_SCHEMA)
-    frame = frame.sort(["dataset", "metric", "_order", "run_name"])
-    rank = pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(["dataset", "metric"]).alias("rank")
+    board = ["dataset", "metric"] if all_data else ["dataset", "metric", "data"]
+    frame = pl.DataFrame(rows, schema_overrides=_SCHEMA).sort([*board, "_order", "run_name"])
+    rank = pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(board).alias("rank")
     return frame.with_columns(rank).select(COLUMNS)
 
 
+def _unfinished_note(runs: list[Any]) -> str:
+    counts = Counter(run.info.status for run in runs)
+    statuses = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    noun = "run" if len(runs) == 1 else "runs"
+    return f"left out {len(runs)} {noun} that did not finish ({statuses}): only FINISHED runs are ranked"
+
+
 def _search(uri: str, dataset: str | None, metric: str | None) -> list[Any]:
-    """Finished parent runs of the store; an absent SQLite file is an empty store, not created here."""
+    """Parent runs of the store in any status (a ``kind`` and a ``metric`` tag: CV runs, trials,
+    ensembles); an absent SQLite file is an empty store, not created here."""
     from mlflow.tracking import MlflowClient
 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -77,20 +105,18 @@ def _search(uri: str, dataset: str | None, metric: str | None) -> list[Any]:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
     if not experiment_ids:
         return []
-    query = "attributes.status = 'FINISHED'" + (f" and tags.metric = '{metric}'" if metric else "")
+    query = f"tags.metric = '{metric}'" if metric else ""
     runs, token = [], None
     while True:
         page = client.search_runs(experiment_ids, filter_string=query, max_results=1000, page_token=token)
-        runs += [run for run in page if _is_scored_parent(run)]
+        runs += [run for run in page if run.data.tags.get("kind") and run.data.tags.get("metric")]
         token = page.token
         if not token:
             return runs
 
 
-def _is_scored_parent(run) -> bool:
-    """A CV run or ensemble (fold runs have no ``kind``) that got as far as its CV score."""
-    tags = run.data.tags
-    return bool(tags.get("kind")) and f"cv_{metric_key(tags.get('metric', ''))}_mean" in run.data.metrics
+def _has_cv_score(run) -> bool:
+    return f"cv_{metric_key(run.data.tags['metric'])}_mean" in run.data.metrics
 
 
 def _row(run) -> dict[str, Any]:
@@ -101,7 +127,8 @@ def _row(run) -> dict[str, Any]:
     folds = sorted((int(m[1]), value) for key, value in metrics.items() if (m := pattern.fullmatch(key)))
     mean = metrics[f"cv_{key}_mean"]
     return {
-        "model": tags.get("model", "?"), "dataset": tags.get("dataset", "?"), "kind": tags["kind"], "metric": name,
+        "model": tags.get("model", "?"), "dataset": tags.get("dataset", "?"),
+        "data": tags.get("data_fingerprint", "")[:8] or None, "kind": tags["kind"], "metric": name,
         "cv_mean": mean, "cv_std": metrics.get(f"cv_{key}_std"), "fold_scores": [value for _, value in folds],
         "test": metrics.get(f"test_{key}"),
         "seed": int(tags["seed"]) if tags.get("seed", "").isdigit() else None, "folds": len(folds),
@@ -119,8 +146,13 @@ def _differing_params(params: list[dict[str, str]]) -> list[str]:
     return [", ".join(f"{short[k]}={p[k]}" for k in differing if k in p) for p in params]
 
 
-def render(frame: pl.DataFrame, format: str = "table") -> str:
-    """The leaderboard as a rich table (for the terminal), CSV (for tools) or Markdown (for READMEs)."""
+def render(frame: pl.DataFrame, format: str = "table", compact: bool | None = None) -> str:
+    """The leaderboard as a rich table (for people), CSV (for tools) or Markdown (for READMEs).
+
+    The table shows every column in a terminal; piped or redirected (``compact=None`` and stdout
+    not a terminal) it keeps ``COMPACT_COLUMNS`` only, since a log has no use for a table several
+    hundred characters wide (CSV has everything). A rule separates boards.
+    """
     if format not in FORMATS:
         raise HarnessError(f"Unknown leaderboard format {format!r}; valid formats: {', '.join(FORMATS)}.")
     if format == "csv":
@@ -133,7 +165,8 @@ def render(frame: pl.DataFrame, format: str = "table") -> str:
         lines = ["| " + " | ".join(text.columns) + " |", "|" + "---|" * len(text.columns)]
         lines += ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |" for row in text.iter_rows()]
         return "\n".join(lines)
-    return _rich_table(text)
+    compact = not sys.stdout.isatty() if compact is None else compact
+    return _rich_table(text, COMPACT_COLUMNS if compact else COLUMNS, compact)
 
 
 def _direction(metric: str) -> str:
@@ -148,31 +181,50 @@ def _cell(value: float) -> str:
     return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
 
 
-def _rich_table(text: pl.DataFrame) -> str:
+def _boards(frame: pl.DataFrame) -> list[pl.DataFrame]:
+    """The runs ranked against each other: consecutive rows from one rank 1 to the next, as
+    :func:`leaderboard` orders them."""
+    board = (pl.col("rank").cast(pl.Int64) == 1).cum_sum().alias("_board")
+    return frame.with_columns(board).partition_by("_board", maintain_order=True, include_key=False)
+
+
+def _rich_table(text: pl.DataFrame, columns: tuple[str, ...], compact: bool) -> str:
+    """One table per board, titled with its dataset, metric and data."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    groups = text.select("dataset", "metric").unique(maintain_order=True).iter_rows()
-    table = Table(title="leaderboard: " + "; ".join(f"{d} by {m} ({_direction(m)})" for d, m in groups))
-    for column in text.columns:
-        table.add_column(column, justify="right" if column in ("rank", "cv_mean", "cv_std", "test", "seconds") else "left",
-                         no_wrap=column in ("run_name", "run_id"))  # fmt: skip
-    for row in text.iter_rows():
-        table.add_row(*row)
+    tables = []
+    for board in _boards(text):
+        table = Table(title=_board_title(board), box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD)
+        for column in columns:
+            table.add_column(column, justify="right" if column in _NUMERIC else "left", no_wrap=column != "params",
+                             max_width=_COMPACT_PARAMS_WIDTH if compact and column == "params" else None)  # fmt: skip
+        for row in board.select(columns).iter_rows():
+            table.add_row(*row)
+        tables.append(table)
     # wide enough that no cell is cut: padding and a border per column, one closing border
-    width = 1 + sum(max(len(c), int(text[c].str.len_chars().max() or 0)) + 3 for c in text.columns)
+    width = 1 + sum(max(len(c), int(text[c].str.len_chars().max() or 0)) + 3 for c in columns)
     console = Console(width=max(100, width))
     with console.capture() as capture:
-        console.print(table)
-    return capture.get().rstrip()
+        for table in tables:
+            console.print(table)
+    return "\n".join(line.rstrip() for line in capture.get().rstrip().splitlines())
+
+
+def _board_title(board: pl.DataFrame) -> str:
+    metric, data = board["metric"][0], board["data"].unique().to_list()
+    scope = f"data {data[0]}" if len(data) == 1 else "all data"
+    return f"{board['dataset'][0]} by {metric} ({_direction(metric)}), {scope}"
 
 
 def plot(frame: pl.DataFrame, path: str | Path) -> Path:
     """A PNG comparing runs: CV mean ± std with each fold's score as a dot, best at the top.
 
-    One panel per (dataset, metric) group, since scores under different metrics share no scale.
+    One panel per board (dataset, data, metric), since scores on other data or under other
+    metrics share no scale.
     """
-    groups = frame.partition_by(["dataset", "metric"], maintain_order=True)
+    groups = _boards(frame)
     fig, axes = plt.subplots(len(groups), 1, squeeze=False,
                              figsize=(7.5, sum(1.2 + 0.4 * g.height for g in groups)))  # fmt: skip
     for ax, group in zip(axes[:, 0], groups):
@@ -182,10 +234,13 @@ def plot(frame: pl.DataFrame, path: str | Path) -> Path:
             ax.scatter(scores, [i] * len(scores), s=18, color="tab:orange", zorder=3, label="fold" if i == 0 else None)
         ax.errorbar(group["cv_mean"].to_numpy(), y, xerr=group["cv_std"].fill_null(0.0).to_numpy(), fmt="o",
                     color="tab:blue", alpha=0.8, capsize=3, label="CV mean ± std")  # fmt: skip
-        ax.set_yticks(y, [f"{r}. {n}" for r, n in zip(group["rank"], group["run_name"])])
+        several = group["data"].n_unique() > 1  # all_data: say each run's data
+        ax.set_yticks(y, [f"{r}. {n}" + (f" [{d}]" if several else "")
+                          for r, n, d in zip(group["rank"], group["run_name"], group["data"])])  # fmt: skip
         ax.invert_yaxis()
         metric = group["metric"][0]
-        ax.set(title=f"{group['dataset'][0]}: {metric} ({_direction(metric)})", xlabel=metric)
+        data = "all data" if several else f"data {group['data'][0] or '-'}"
+        ax.set(title=f"{group['dataset'][0]}: {metric} ({_direction(metric)}), {data}", xlabel=metric)
         ax.grid(axis="x", alpha=0.3)
         ax.legend(loc="best", fontsize="small")
     fig.tight_layout()

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: runs happen on servers without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -79,19 +80,26 @@ def _learning_curves(path: Path, histories, metric) -> Path:
 
 
 def _grouped_series(path: Path, histories, group: str, names: list[str]) -> Path:
+    """Colour = series, line style and marker = fold, each named in the legend."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    styles = ["-", "--", ":", "-."]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles = [Line2D([], [], color=colors[i % len(colors)], label=name) for i, name in enumerate(names)]
     for k, history in sorted(histories.items()):
+        style = _fold_style(k)
         epochs = np.arange(1, len(history) + 1)
         for i, name in enumerate(names):
             values = [h.get(f"{group}/{name}", np.nan) for h in history]
-            label = name if k == 0 else None
-            ax.plot(epochs, values, styles[k % len(styles)], color=colors[i % len(colors)], label=label)
-    ax.set(title=f"{group} per epoch (line style = fold)", xlabel="epoch")
+            ax.plot(epochs, values, color=colors[i % len(colors)], ms=3, **style)
+        handles.append(Line2D([], [], color="grey", ms=3, label=f"fold {k}", **style))
+    ax.set(title=f"{group} per epoch", xlabel="epoch")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(handles=handles, fontsize="small", ncol=2)
     return _save(fig, path)
+
+
+def _fold_style(k: int) -> dict[str, str]:
+    """Distinct for up to 20 folds: 4 line styles times 5 markers."""
+    return {"linestyle": ("-", "--", ":", "-.")[k % 4], "marker": ("o", "s", "^", "D", "v")[k % 5]}
 
 
 def _heatmap(path: Path, title: str, cells: dict[tuple[str, str], float]) -> Path:

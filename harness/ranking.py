@@ -2,15 +2,18 @@
 
 A prediction of the ``sequential_recommendation`` task is a :class:`Recommendations`: for each
 user, the top-N items over the whole catalogue with the user's history masked (best first, with
-scores) -- the submission -- and, for the ``_sampled`` protocol, the scores of a fixed candidate
-set: the row's target and ``n`` sampled negatives. Families never rank: they score users × items
-(:class:`harness.recommender.SequentialRecommender`), and :func:`top_n` here masks and ranks in
+scores) -- the submission --, the target's rank among all candidate items, and, for the
+``_sampled`` protocol, the scores of a fixed candidate set: the row's target and ``n`` sampled
+negatives. Families never rank: they score users × items
+(:class:`harness.recommender.SequentialRecommender`), and :func:`full_ranking` here ranks in
 memory-bounded batches on the family's device, so every family is evaluated the same way.
 
-Full-ranking ranks are positions inside the top-N list (:func:`harness.metrics.ranks_from_topn`),
-exact for every metric@K with K <= N; a target outside the list is a miss. Sampled ranks count the
-negatives scoring at least the target's score (ties pessimistic, as in
-:func:`harness.metrics.target_ranks`).
+Every rank follows the convention of :mod:`harness.metrics` (ties against the target, NaN refused,
+``-inf`` masked, a target in the history a miss). Full-ranking ranks are counted over the whole
+catalogue (:func:`harness.metrics.count_ranks`), so they do not depend on the list length N; where
+only lists exist (fused ensembles), :func:`harness.metrics.ranks_from_topn` reads them off the
+list and its scores, exact for every metric@K with K < N. Sampled ranks count the negatives
+scoring at least the target's score.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import pandas as pd
 import torch
 
 from harness.errors import HarnessError
-from harness.metrics import ranking_report, ranks_from_topn, sample_negatives
+from harness.metrics import UNRANKED, count_ranks, has_nan, ranking_report, ranks_from_topn, sample_negatives
 
 __all__ = [
     "TOP_N",
@@ -31,7 +34,8 @@ __all__ = [
     "SUBMISSION_K",
     "Recommendations",
     "SampledProtocol",
-    "top_n",
+    "FullRanking",
+    "full_ranking",
     "item_counts",
     "popularity_scores",
     "fuse",
@@ -46,17 +50,20 @@ MAX_SCORE_ELEMENTS = 2**24  # scores held at once while ranking (64 MiB of float
 
 @dataclass
 class Recommendations:
-    """Per row (user): the top-N items with their scores, and the sampled-protocol scores.
+    """Per row (user): the top-N items with their scores, the target's rank, the sampled-protocol scores.
 
-    ``items`` ``[B, N]`` int64 item ids, best first (0, the padding id, fills rows whose unmasked
-    catalogue is shorter than N); ``scores`` ``[B, N]`` float32, non-increasing along each row;
-    ``sampled`` ``[B, 1 + n_negatives]`` float32 scores of the row's target (column 0) and its
-    negatives, or ``None`` when not computed.
+    ``items`` ``[B, N]`` int64 item ids, best first, equal scores by lower id (0, the padding id,
+    fills rows whose unmasked catalogue is shorter than N); ``scores`` ``[B, N]`` float32,
+    non-increasing along each row; ``ranks`` ``[B]`` int64, the row target's pessimistic rank
+    among every candidate item, or ``None`` where only the lists are known (a fusion of several
+    models' lists); ``sampled`` ``[B, 1 + n_negatives]`` float32 scores of the row's target
+    (column 0) and its negatives, or ``None`` when not computed.
     """
 
     items: np.ndarray
     scores: np.ndarray
     sampled: np.ndarray | None = None
+    ranks: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.items = np.asarray(self.items, dtype=np.int64)
@@ -67,18 +74,26 @@ class Recommendations:
             self.sampled = np.asarray(self.sampled, dtype=np.float32)
             if self.sampled.ndim != 2 or len(self.sampled) != len(self.items):
                 raise ValueError(f"sampled must be [B, 1 + n_negatives] with B={len(self.items)}, got {self.sampled.shape}")
+        if self.ranks is not None:
+            self.ranks = np.asarray(self.ranks, dtype=np.int64)
+            if self.ranks.shape != (len(self.items),):
+                raise ValueError(f"ranks must be [B] with B={len(self.items)}, got {self.ranks.shape}")
 
     def __len__(self) -> int:
         return len(self.items)
 
     def take(self, index: np.ndarray) -> "Recommendations":
         sampled = None if self.sampled is None else self.sampled[index]
-        return Recommendations(self.items[index], self.scores[index], sampled)
+        ranks = None if self.ranks is None else self.ranks[index]
+        return Recommendations(self.items[index], self.scores[index], sampled, ranks)
 
     @classmethod
     def concat(cls, parts: Sequence["Recommendations"]) -> "Recommendations":
-        sampled = None if any(p.sampled is None for p in parts) else np.concatenate([p.sampled for p in parts])
-        return cls(np.concatenate([p.items for p in parts]), np.concatenate([p.scores for p in parts]), sampled)
+        def joined(field: str) -> np.ndarray | None:
+            values = [getattr(p, field) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
+
+        return cls(joined("items"), joined("scores"), joined("sampled"), joined("ranks"))
 
 
 # ----------------------------------------------------------------------------
@@ -86,44 +101,117 @@ class Recommendations:
 # ----------------------------------------------------------------------------
 
 
-def top_n(
+@dataclass(frozen=True)
+class FullRanking:
+    """What :func:`full_ranking` found: ``ranks`` ``[B]`` (``None`` without targets), ``items`` and
+    ``scores`` ``[B, n]`` (``n = 0`` when no list was asked for)."""
+
+    ranks: np.ndarray | None
+    items: np.ndarray
+    scores: np.ndarray
+
+
+def full_ranking(
     score_fn: Callable[[np.ndarray], torch.Tensor | np.ndarray],
     histories: Sequence[np.ndarray],
     n_items: int,
-    n: int = TOP_N,
     *,
+    targets: np.ndarray | None = None,
+    n: int = TOP_N,
     device: torch.device | str = "cpu",
     max_elements: int = MAX_SCORE_ELEMENTS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``n`` items per row over all items, the padding id 0 and the row's history masked.
+    row_ids: Sequence | None = None,
+    source: str = "score_fn",
+) -> FullRanking:
+    """Targets' ranks and top-``n`` lists over every item, in one pass over each batch of scores.
 
+    The candidates of a row are every item but the padding id 0 and the row's history.
     ``score_fn(rows)`` scores the rows at positions ``rows`` against every item: ``[len(rows),
-    n_items]``. Rows are batched so that one batch's score matrix holds at most ``max_elements``
-    values; masking and ``torch.topk`` run on ``device``. Returns ``(items, scores)``, each
-    ``[len(histories), n]`` (``n`` is capped at ``n_items - 1``).
+    n_items]``; rows are batched so that one batch holds at most ``max_elements`` scores, handled
+    on ``device``. With ``targets``, each target's rank is counted (:func:`harness.metrics.count_ranks`:
+    ties against it, a target in its history a miss) without sorting the catalogue; with ``n > 0``,
+    each row's best ``n`` candidates (capped at ``n_items - 1``) are listed, equal scores by lower
+    item id, ``-inf`` scores never (the padding id fills the rest).
+
+    Bad input is a :class:`HarnessError` naming ``source`` and the row (``row_ids`` label rows in
+    messages): NaN scores, history or target ids outside ``[1, n_items)``.
     """
     n_rows = len(histories)
     if n_rows == 0:
         raise ValueError("histories is empty")
-    n = min(int(n), n_items - 1)
+    label = (lambda i: f"row {i}") if row_ids is None else (lambda i: f"user {row_ids[i]}")
+    lengths = np.fromiter((len(h) for h in histories), np.int64, n_rows)
+    flat = np.concatenate([np.asarray(h, np.int64).reshape(-1) for h in histories]) if lengths.sum() else \
+        np.zeros(0, np.int64)  # fmt: skip
+    owner = np.repeat(np.arange(n_rows), lengths)
+    _check_ids(flat, owner, n_items, "history", label)
+    if targets is not None:
+        targets = np.array(targets, np.int64)  # a writable copy
+        if targets.shape != (n_rows,):
+            raise ValueError(f"targets must have shape ({n_rows},), got {targets.shape}")
+        _check_ids(targets, np.arange(n_rows), n_items, "target", label)
+    n = max(0, min(int(n), n_items - 1))
     device = torch.device(device)
     batch = max(1, min(n_rows, max_elements // n_items))
+    starts = np.r_[0, np.cumsum(lengths)]
+    ranks = None if targets is None else np.empty(n_rows, np.int64)
     items, scores = np.zeros((n_rows, n), np.int64), np.zeros((n_rows, n), np.float32)
     with torch.no_grad():
         for start in range(0, n_rows, batch):
-            rows = np.arange(start, min(start + batch, n_rows))
-            s = torch.as_tensor(score_fn(rows)).to(device=device, dtype=torch.float32)
-            if tuple(s.shape) != (len(rows), n_items):
-                raise ValueError(f"score_fn must return [{len(rows)}, {n_items}] scores, got {tuple(s.shape)}")
-            s = s.clone()
-            s[:, 0] = -torch.inf
-            seen = [np.asarray(histories[i], dtype=np.int64) for i in rows]
-            row_of = np.repeat(np.arange(len(rows)), [len(h) for h in seen])
-            s[torch.as_tensor(row_of, device=device), torch.as_tensor(np.concatenate(seen), device=device)] = -torch.inf
-            values, index = torch.topk(s, n, dim=1)
-            index[torch.isinf(values)] = 0  # fewer than n unmasked items: pad with the padding id
-            items[rows], scores[rows] = index.cpu().numpy(), values.cpu().numpy()
-    return items, scores
+            stop = min(start + batch, n_rows)
+            s = torch.as_tensor(score_fn(np.arange(start, stop))).detach().to(device=device, dtype=torch.float32)
+            if tuple(s.shape) != (stop - start, n_items):
+                raise ValueError(f"{source} must return [{stop - start}, {n_items}] scores, got {tuple(s.shape)}")
+            if has_nan(s):
+                row, item = (int(v) for v in torch.nonzero(torch.isnan(s))[0])
+                raise HarnessError(
+                    f"{source} returned {int(torch.isnan(s).sum())} NaN scores (first: {label(start + row)}, item "
+                    f"{item}); scores must be real numbers (-inf masks an item)."
+                )
+            # excluded (row, item) pairs of the batch: each row's padding id and history
+            local = np.r_[np.arange(stop - start), owner[starts[start] : starts[stop]] - start]
+            excluded = (local, np.r_[np.zeros(stop - start, np.int64), flat[starts[start] : starts[stop]]])
+            if ranks is not None:
+                ranks[start:stop] = count_ranks(s, torch.as_tensor(targets[start:stop], device=device), excluded)
+            if n:
+                masked = s.clone()
+                masked[torch.as_tensor(excluded[0], device=device), torch.as_tensor(excluded[1], device=device)] = \
+                    -torch.inf  # fmt: skip
+                items[start:stop], scores[start:stop] = _top_n_lists(masked, n)
+    return FullRanking(ranks, items, scores)
+
+
+def _check_ids(ids: np.ndarray, owner: np.ndarray, n_items: int, what: str, label: Callable[[int], str]) -> None:
+    bad = (ids < 1) | (ids >= n_items)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise HarnessError(
+            f"{bad.sum()} {what} item ids are outside [1, {n_items}) (first: {label(int(owner[first]))}, id "
+            f"{int(ids[first])}); item ids run from 1 to n_items - 1, 0 being padding."
+        )
+
+
+def _top_n_lists(masked: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``n`` columns per row, equal scores by lower column id, ``-inf`` replaced by the padding id.
+
+    ``torch.topk`` picks among equal scores in an unspecified order, so its ``n + 1``-th value
+    tells where ties reach past the cut; only those rows are completed with the lowest tied ids.
+    """
+    k = min(n + 1, masked.shape[1])
+    values, index = torch.topk(masked, k, dim=1)
+    index, by_id = index.sort(dim=1)
+    values = values.gather(1, by_id)
+    order = values.sort(dim=1, descending=True, stable=True).indices
+    values, index = values.gather(1, order), index.gather(1, order)
+    if k > n:
+        cut = values[:, n - 1]
+        for row in torch.nonzero((values[:, n] == cut) & (cut > -torch.inf)).flatten().tolist():
+            above = int((values[row, :n] > cut[row]).sum())
+            index[row, above:n] = torch.nonzero(masked[row] == cut[row]).flatten()[: n - above]
+            values[row, above:n] = cut[row]
+    values, index = values[:, :n], index[:, :n]
+    index[values == -torch.inf] = 0
+    return index.cpu().numpy(), values.cpu().numpy()
 
 
 def item_counts(sequences: Sequence[np.ndarray], n_items: int) -> np.ndarray:
@@ -261,11 +349,23 @@ class RankingTask:
     """Prediction handling of ``sequential_recommendation`` (see :class:`harness.tasks.RowwiseTask`)."""
 
     def ranks(self, protocol: str, rows: pd.DataFrame, predictions: Recommendations) -> np.ndarray:
+        """Each row target's rank under ``protocol`` (``full`` or ``sampled``), by the convention of
+        :mod:`harness.metrics`: counted ranks where the predictions have them, else read off the lists."""
+        if len(predictions) != len(rows):
+            raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows")
         if protocol == "sampled":
             if predictions.sampled is None:
                 raise HarnessError("The predictions carry no sampled-candidate scores; the _sampled protocol needs them.")
-            return (predictions.sampled[:, 1:] >= predictions.sampled[:, :1]).sum(axis=1)
-        return ranks_from_topn(predictions.items, rows["target"].to_numpy(np.int64))
+            if np.isnan(predictions.sampled).any():
+                raise HarnessError("The sampled-candidate scores contain NaN; scores must be real numbers.")
+            ranks = (predictions.sampled[:, 1:] >= predictions.sampled[:, :1]).sum(axis=1)
+            ranks[predictions.sampled[:, 0] == -np.inf] = UNRANKED
+        elif predictions.ranks is not None:
+            ranks = predictions.ranks.copy()
+        else:
+            ranks = ranks_from_topn(predictions.items, rows["target"].to_numpy(np.int64), predictions.scores)
+        ranks[_target_in_history(rows)] = UNRANKED
+        return ranks
 
     def score(self, metric, dataset, rows: pd.DataFrame, predictions: Recommendations) -> float:
         protocol = "sampled" if metric.name.endswith("_sampled") else "full"
@@ -284,10 +384,10 @@ class RankingTask:
 
         n_items = int(dataset.meta["n_items"])
         popularity = popularity_scores(training_sequences(train, valid), n_items)
-        histories = valid["history"].tolist()
-        items, scores = top_n(lambda rows: popularity.expand(len(rows), -1), histories, n_items)
+        ranking = full_ranking(lambda rows: popularity.expand(len(rows), -1), valid["history"].tolist(), n_items,
+                               targets=valid["target"].to_numpy())  # fmt: skip
         candidates = SampledProtocol.from_dataset(dataset).candidates(valid)
-        return Recommendations(items, scores, popularity.numpy()[candidates])
+        return Recommendations(ranking.items, ranking.scores, popularity.numpy()[candidates], ranking.ranks)
 
     def check_folds(self, dataset, folds: pd.DataFrame) -> None:
         """Leakage check of the leave-one-out split: per user, test history = train history + validation item.
@@ -323,6 +423,8 @@ class RankingTask:
         columns = {f"{name}_items": list(predictions.items), f"{name}_scores": list(predictions.scores)}
         if predictions.sampled is not None:
             columns[f"{name}_sampled"] = list(predictions.sampled)
+        if predictions.ranks is not None:
+            columns[f"{name}_rank"] = predictions.ranks
         return pd.DataFrame({"id": ids.to_numpy(), **columns})
 
     def submission(self, dataset, ids: pd.Series, predictions: Recommendations) -> pd.DataFrame:
@@ -335,3 +437,14 @@ class RankingTask:
         lists = [" ".join(raw_item[row[row != 0]]) for row in top]
         raw_users = users.reindex(ids.astype(np.int64).to_numpy()).to_numpy()
         return pd.DataFrame({"user_id": raw_users, "items": lists})
+
+
+def _target_in_history(rows: pd.DataFrame) -> np.ndarray:
+    """``[len(rows)]`` bool: the row's target is one of its history items (a miss by convention)."""
+    histories = [np.asarray(h, np.int64).reshape(-1) for h in rows["history"]]
+    lengths = np.fromiter((len(h) for h in histories), np.int64, len(histories))
+    if not lengths.sum():
+        return np.zeros(len(rows), bool)
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    hit = np.concatenate(histories) == rows["target"].to_numpy(np.int64)[owner]
+    return np.bincount(owner[hit], minlength=len(rows)) > 0

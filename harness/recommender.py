@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from harness.errors import HarnessError
-from harness.ranking import TOP_N, Recommendations, SampledProtocol, top_n
+from harness.metrics import has_nan
+from harness.ranking import TOP_N, Recommendations, SampledProtocol, full_ranking
 from harness.registry import Family, FitContext
 from harness.tasks import TaskType, get_task_adapter
 
@@ -72,24 +73,47 @@ class SequentialRecommender(Family):
         """``[len(part), C]`` scores of the item ids ``candidates`` ``[len(part), C]``."""
         return self.score(part).gather(1, candidates.to(self.device))
 
-    @torch.no_grad()
     def predict(self, part: pd.DataFrame) -> Recommendations:
-        """Top-N unseen items per row over the whole catalogue, and the sampled candidates' scores."""
-        self._eval_mode()
-        part = part.reset_index(drop=True)
-        items, scores = top_n(lambda rows: self.score(part.iloc[rows]), part["history"].tolist(), self.n_items,
-                              self.top_n, device=self.device)  # fmt: skip
-        candidates = torch.as_tensor(self.protocol.candidates(part))
-        batch = max(1, 2**20 // candidates.shape[1])
-        sampled = [
-            self.score_candidates(part.iloc[start : start + batch], candidates[start : start + batch]).float().cpu()
-            for start in range(0, len(part), batch)
-        ]  # fmt: skip
-        return Recommendations(items, scores, torch.cat(sampled).numpy())
+        """Top-N unseen items per row over the whole catalogue, the target's rank among all candidate
+        items (where ``part`` has targets), and the sampled candidates' scores."""
+        return self._predict(part, n=self.top_n, full=True, sampled=True)
 
     def validation_score(self, valid: pd.DataFrame, ctx: FitContext) -> float:
-        """``ctx.metric`` of this model's predictions for ``valid``, as the CV runner computes it."""
-        return get_task_adapter(self.task).score(ctx.metric, ctx.dataset, valid, self.predict(valid))
+        """``ctx.metric`` of this model's predictions for ``valid``, as the CV runner computes it.
+
+        Only what the metric needs is computed: the targets' counted ranks for a ``_full`` metric
+        (no top-N lists), the candidates' scores for a ``_sampled`` one.
+        """
+        sampled = ctx.metric.name.endswith("_sampled")
+        prediction = self._predict(valid, n=0, full=not sampled, sampled=sampled)
+        return get_task_adapter(self.task).score(ctx.metric, ctx.dataset, valid, prediction)
+
+    @torch.no_grad()
+    def _predict(self, part: pd.DataFrame, n: int, full: bool, sampled: bool) -> Recommendations:
+        self._eval_mode()
+        part = part.reset_index(drop=True)
+        source = f"{type(self).__name__}.score"
+        items, scores, ranks = np.zeros((len(part), 0), np.int64), np.zeros((len(part), 0), np.float32), None
+        if full:
+            ranking = full_ranking(
+                lambda rows: self.score(part.iloc[rows]), part["history"].tolist(), self.n_items,
+                targets=part["target"].to_numpy() if "target" in part else None, n=n, device=self.device,
+                row_ids=part["user_id"].tolist(), source=source,
+            )  # fmt: skip
+            items, scores, ranks = ranking.items, ranking.scores, ranking.ranks
+        candidate_scores = None
+        if sampled:
+            candidates = torch.as_tensor(self.protocol.candidates(part))
+            batch = max(1, 2**20 // candidates.shape[1])
+            candidate_scores = torch.cat([
+                self.score_candidates(part.iloc[start : start + batch], candidates[start : start + batch]).float().cpu()
+                for start in range(0, len(part), batch)
+            ])  # fmt: skip
+            if has_nan(candidate_scores):
+                raise HarnessError(f"{type(self).__name__}.score_candidates returned NaN scores; scores must be real "
+                                   "numbers (-inf masks an item).")  # fmt: skip
+            candidate_scores = candidate_scores.numpy()
+        return Recommendations(items, scores, candidate_scores, ranks)
 
     def _eval_mode(self) -> None:
         for value in vars(self).values():

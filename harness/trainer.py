@@ -8,11 +8,14 @@ AMP and ``torch.compile`` are used only on CUDA; on CPU the loop is seeded and d
 A module trained here implements ``training_step(batch) -> loss``; it may also implement
 ``param_groups() -> [{"params": [...], "lr_scale": float}, ...]`` and ``epoch_logs() -> dict``
 (scalars logged every epoch, e.g. modality weights).
+
+Epochs count from 1 everywhere (results, checkpoints, progress): epoch 1 is the first pass.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +34,7 @@ __all__ = ["Trainer", "TrainResult", "warmup_cosine"]
 
 @dataclass
 class TrainResult:
-    best_epoch: int  # 0-based epoch whose weights were restored
+    best_epoch: int  # epoch whose weights were restored, counted from 1 (0: no epoch improved on the worst score)
     best_score: float  # validation metric at that epoch
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)  # one dict of logs per epoch
@@ -55,9 +58,9 @@ class Trainer:
         metric: validation metric; ``metric.greater_is_better`` decides what "improves" means.
         device: torch device string.
         seed: seeds the shuffling of batches.
-        log_metrics: ``(metrics, step)`` callback, called once per epoch (MLflow in the CV runner).
+        log_metrics: ``(metrics, epoch)`` callback, called once per epoch (MLflow in the CV runner).
         workdir: if given, ``best.pt`` and ``final.pt`` state dicts are written there.
-        desc: label of the progress bar (e.g. ``"fold 1/3"``).
+        desc: label of the progress (e.g. ``"fold 1"``): a bar in a terminal, else one line per epoch.
     """
 
     def __init__(
@@ -108,10 +111,10 @@ class Trainer:
         use_amp = cfg.amp and on_cuda
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-        best_score, best_epoch, best_state = self.metric.worst, -1, None
-        result = TrainResult(best_epoch=-1, best_score=best_score, epochs_run=0)
-        epochs = tqdm(range(cfg.epochs), desc=self.desc, disable=not cfg.progress, leave=False, unit="epoch")
-        for epoch in epochs:
+        best_score, best_epoch, best_state = self.metric.worst, 0, None
+        result = TrainResult(best_epoch=0, best_score=best_score, epochs_run=0)
+        progress = _Progress(self.desc, cfg.epochs, self.metric.name, enabled=cfg.progress)
+        for epoch in range(1, cfg.epochs + 1):
             module.train()
             total_loss, n_rows = 0.0, 0
             for batch in loader:
@@ -142,13 +145,14 @@ class Trainer:
             if self.metric.better(score, best_score):
                 best_score, best_epoch = score, epoch
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-            epochs.set_postfix(loss=f"{logs['train_loss']:.4f}", **{self.metric.name: f"{score:.4f}"})
-            result.epochs_run = epoch + 1
+            progress.epoch(epoch, logs["train_loss"], score)
+            result.epochs_run = epoch
             if epoch - best_epoch >= cfg.patience:
                 break
+        progress.close()
 
         if self.workdir is not None:
-            save_checkpoint(self.workdir / "final.pt", {"state_dict": module.state_dict(), "epoch": result.epochs_run - 1})
+            save_checkpoint(self.workdir / "final.pt", {"state_dict": module.state_dict(), "epoch": result.epochs_run})
         if best_state is not None:
             module.load_state_dict(best_state)
             if self.workdir is not None:
@@ -170,6 +174,30 @@ class Trainer:
             if no_decay:
                 optim_groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
         return optim_groups
+
+
+class _Progress:
+    """Per-epoch progress on stderr: a bar in a terminal, one plain line per epoch elsewhere.
+
+    Redirected to a file (CI, nohup), a bar's carriage-return updates would pile up into one line
+    of tens of kilobytes per fold; a line per epoch stays readable and greppable.
+    """
+
+    def __init__(self, desc: str, epochs: int, metric_name: str, enabled: bool):
+        self.desc, self.epochs, self.metric_name = desc, epochs, metric_name
+        self.lines = enabled and not sys.stderr.isatty()
+        self.bar = tqdm(total=epochs, desc=desc, disable=not enabled or self.lines, leave=False, unit="epoch")
+
+    def epoch(self, epoch: int, train_loss: float, score: float) -> None:
+        if self.lines:
+            print(f"{self.desc} epoch {epoch}/{self.epochs}: train_loss {train_loss:.4f}, "
+                  f"valid_{self.metric_name} {score:.4f}", file=sys.stderr, flush=True)  # fmt: skip
+        else:
+            self.bar.set_postfix(loss=f"{train_loss:.4f}", **{self.metric_name: f"{score:.4f}"}, refresh=False)
+            self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

@@ -6,11 +6,17 @@ is clearly worse than earlier ones after its first folds is pruned instead of tr
 
 Studies live in an RDB (SQLite by default), so several processes or machines can work on one
 study by name, and a study can be resumed: the trial cap counts every worker's finished trials.
-Every trial is an MLflow run nested under one parent run per study invocation.
+Every trial is an MLflow run nested under one parent run per study invocation. A new study's
+trial 0 is the configuration as given (the family's defaults under the run's layers), so the best
+trial is never worse than not tuning. Trials are numbered as Optuna numbers them, from 0. A
+trial retried after its worker died resumes the dead trial's CV run where that run's folder is
+on this machine (its finished folds are not trained again).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 import warnings
 from pathlib import Path
@@ -20,7 +26,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from harness.cv import make_run_config, resolve_run_config, run_cv
+from harness.cv import RUNS_DIR, make_run_config, resolve_run_config, run_cv
 from harness.errors import HarnessError
 from harness.io import atomic_write
 from harness.metrics import get_metric
@@ -119,6 +125,11 @@ def tune(
             f"Study {name!r} in {url} is {study.direction.name.lower()}d but metric {metric.name!r} needs {direction}; "
             f"use another --study name."
         )
+    if not study.trials:
+        defaults, outside = _defaults_in_space(entry.search_space, config)
+        study.enqueue_trial(defaults, user_attrs={"defaults": True}, skip_if_exists=True)
+        note = f"; outside the search space, so sampled: {', '.join(outside)}" if outside else ""
+        log(f"study {name}: trial 0 runs the configuration as given ({_describe(defaults)}){note}")
 
     def objective(trial: optuna.Trial) -> float:
         if _is_surplus(study, trial.number, n_trials):
@@ -132,7 +143,16 @@ def tune(
                 raise optuna.TrialPruned()
 
         tags = {"kind": "trial", "study": name, "trial": str(trial.number)}
-        result = run_cv(trial_config, log=lambda message: None, nested=True, tags=tags, on_fold=report)
+        retried = _retried_number(study, trial.number)
+        previous = None if retried is None else _trial_run_name(model, name, retried)
+        if previous is not None and (RUNS_DIR / previous / "run.json").is_file():
+            try:
+                result = run_cv(trial_config, log=lambda message: None, nested=True, on_fold=report, resume=previous)
+                return result[f"cv_{metric.name}_mean"]
+            except HarnessError as exc:  # e.g. another thread count: start the trial afresh
+                log(f"trial {trial.number}: could not resume trial {retried}'s run ({exc}); starting afresh")
+        result = run_cv(trial_config, log=lambda message: None, nested=True, tags=tags, on_fold=report,
+                        run_name=_trial_run_name(model, name, trial.number))  # fmt: skip
         return result[f"cv_{metric.name}_mean"]
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -140,8 +160,8 @@ def tune(
         outcome = f"{metric.name} {trial.value:.4f}" if trial.state == TrialState.COMPLETE else trial.state.name.lower()
         if trial.state == TrialState.PRUNED and trial.intermediate_values:
             outcome += f" after fold {max(trial.intermediate_values)}"
-        best = f"{study.best_value:.4f}" if _has_complete(study) else "none"
-        log(f"trial {done}/{n_trials}: {outcome} (best so far {best})")
+        best = f"{study.best_value:.4f} (trial {study.best_trial.number})" if _has_complete(study) else "none"
+        log(f"trial {trial.number} ({done}/{n_trials} finished): {outcome}; best so far {best}")
 
     finished = len(study.get_trials(deepcopy=False, states=_FINISHED))
     if finished >= n_trials:
@@ -199,6 +219,47 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
         except (IntegrityError, OperationalError):
             time.sleep(0.5 * (attempt + 1))
     return connect()
+
+
+def _defaults_in_space(search_space: Callable, config) -> tuple[dict[str, Any], list[str]]:
+    """The resolved config's values of the search space's parameters, and the names left out.
+
+    The space's parameter names are dotted config keys (``model.hidden_dim``, ``train.lr``); a
+    value the space cannot hold (a categorical choice it lacks, a section it does not name) is
+    left for the sampler and reported.
+    """
+    probe = optuna.create_study().ask()
+    search_space(probe)
+    sections = {"model": config.model_params, "train": dataclasses.asdict(config.train)}
+    defaults, outside = {}, []
+    for name, distribution in probe.distributions.items():
+        section, _, key = name.partition(".")
+        value = sections.get(section, {}).get(key)
+        try:
+            inside = value is not None and distribution._contains(distribution.to_internal_repr(value))
+        except (ValueError, TypeError):
+            inside = False
+        if inside:
+            defaults[name] = value
+        else:
+            outside.append(f"{name}={value!r}")
+    return defaults, outside
+
+
+def _retried_number(study: optuna.Study, number: int) -> int | None:
+    """The number of the dead trial that trial ``number`` retries, if it is such a retry."""
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+
+
+def _trial_run_name(model: str, study: str, number: int) -> str:
+    return f"{model}-{re.sub(r'[^A-Za-z0-9_.-]', '_', study)}-trial{number}"
+
+
+def _describe(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "no parameter"
 
 
 class SurplusTrial(Exception):

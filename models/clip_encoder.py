@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -84,7 +85,8 @@ def load_pixels(
         raise HarnessError("No readable image among the rows; the image modality cannot be used.")
     shape = preprocess(Image.open(paths[first]).convert("RGB")).shape
     pixels = torch.zeros((len(paths), *shape))
-    for i in tqdm(np.flatnonzero(ok), desc="loading images", disable=not progress, leave=False, unit="img"):
+    quiet = not progress or not sys.stderr.isatty()  # no carriage-return bars in a log file
+    for i in tqdm(np.flatnonzero(ok), desc="loading images", disable=quiet, leave=False, unit="img"):
         with Image.open(paths[i]) as image:
             pixels[i] = preprocess(image.convert("RGB"))
     return pixels
@@ -105,6 +107,7 @@ def encode(
 ) -> torch.Tensor:
     """``fn`` (e.g. ``model.encode_image``) over ``inputs`` in batches on ``device``; results on CPU."""
     outputs = []
-    for start in tqdm(range(0, len(inputs), batch_size), desc=desc, disable=not progress, leave=False):
+    quiet = not progress or not sys.stderr.isatty()
+    for start in tqdm(range(0, len(inputs), batch_size), desc=desc, disable=quiet, leave=False):
         outputs.append(fn(inputs[start : start + batch_size].to(device)).float().cpu())
     return torch.cat(outputs)

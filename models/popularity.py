@@ -36,7 +36,7 @@ class Popularity(SequentialRecommender):
         if self.config.window:
             sequences = [s[-self.config.window :] for s in sequences]
         self.popularity = popularity_scores(sequences, self.n_items)
-        ctx.log_metrics({f"valid_{ctx.metric.name}": self.validation_score(valid, ctx)}, 0)
+        ctx.log_metrics({f"valid_{ctx.metric.name}": self.validation_score(valid, ctx)}, 1)
 
     def score(self, part: pd.DataFrame) -> torch.Tensor:
         return self.popularity.to(self.device).expand(len(part), -1)

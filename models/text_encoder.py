@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
@@ -97,7 +98,8 @@ def encode_with_transformer(
     @torch.no_grad()
     def compute() -> torch.Tensor:
         out = []
-        for start in tqdm(range(0, len(texts), batch_size), desc="encoding texts", disable=not progress, leave=False):
+        quiet = not progress or not sys.stderr.isatty()  # no carriage-return bars in a log file
+        for start in tqdm(range(0, len(texts), batch_size), desc="encoding texts", disable=quiet, leave=False):
             batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt").to(device)  # fmt: skip
             hidden = model(**batch).last_hidden_state

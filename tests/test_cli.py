@@ -57,6 +57,18 @@ def test_unknown_override_key(capsys, workdir, views_dir):
     _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", str(views_dir), "train.lrr=1"], "train.lrr")
 
 
+@pytest.mark.parametrize("setting, fragment", [
+    ("train.lr=-1", "train.lr must be a finite number > 0, got -1"),
+    ("train.epochs=0", "train.epochs must be a positive integer, got 0"),
+    ("train.warmup_ratio=1", "train.warmup_ratio must be in [0, 1), got 1"),
+    ("train.patience=0", "train.patience must be a positive integer, got 0"),
+    ("train.grad_clip=-0.5", "train.grad_clip must be a finite number >= 0, got -0.5"),
+])  # fmt: skip
+def test_training_settings_are_checked_before_anything_is_written(capsys, workdir, views_dir, setting, fragment):
+    _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", str(views_dir), setting], fragment)
+    assert not (workdir / "folds").exists() and not (workdir / "leaderboard").exists()
+
+
 def test_missing_column(capsys, workdir, views_dir):
     train = pd.read_csv(views_dir / "train.csv").drop(columns=["title"])
     train.to_csv(views_dir / "train.csv", index=False)
@@ -222,3 +234,14 @@ def test_ensembles_of_recommendation_runs_fuse_their_lists(capsys, workdir, movi
                           (["--method", "weighted_mean", "--weights", "optimize"], "explicit weights")):  # fmt: skip
         code, _, err = _run(capsys, "ensemble", "--top", "2", "--dataset", "movielens", *argv)
         assert code == 2 and message in err, err
+
+
+def test_best_epoch_counts_from_one_like_the_checkpoints(workdir, views_dir):
+    from harness.cv import make_run_config, run_cv
+    from harness.io import load_checkpoint
+
+    layer = {"folds": 2, "data": {"dir": str(views_dir)}, "train": {"epochs": 3, "progress": False}, "tracking": False}
+    result = run_cv(make_run_config("clip_multimodal", layer), log=lambda message: None)
+    for row in result["folds"]:
+        best = load_checkpoint(Path(result["run_dir"]) / f"fold_{row['fold']}" / "best.pt")
+        assert 1 <= row["best_epoch"] == best["epoch"] <= 3

@@ -114,6 +114,8 @@ def test_classification_validation():
 
 
 def _naive_rank(scores_row, target, history_items):
+    if target in history_items:
+        return M.UNRANKED  # masked with the history: a miss
     rank = 0
     for j, s in enumerate(scores_row):
         if j == target or j in history_items:
@@ -281,8 +283,12 @@ def test_sampled_target_ranks():
     assert not np.array_equal(r1, r3)
     negs = M.sample_negatives(targets, scores.shape[1], history, **kw)
     expected = [(scores[i, negs[i]] >= scores[i, targets[i]]).sum() for i in range(len(targets))]
+    for i in range(len(targets)):
+        if targets[i] in history[i]:  # row 0 at least: a target in the history is a miss
+            expected[i] = M.UNRANKED
+    assert expected[0] == M.UNRANKED
     np.testing.assert_array_equal(r1, expected)
-    assert r1.max() <= 20
+    assert r1[r1 != M.UNRANKED].max() <= 20
     via_fn = M.sampled_target_ranks(
         lambda cand: np.take_along_axis(scores, cand, axis=1), targets, history, n_items=scores.shape[1], **kw
     )
@@ -297,8 +303,8 @@ def test_sampled_target_ranks():
 
 
 def _reference_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
-    """torchreid eval_market1501 + AGW mINP, with a stable argsort; padded CMC."""
-    indices = np.argsort(distmat, axis=1, kind="stable")
+    """torchreid eval_market1501 + AGW mINP, ties against the query (non-matches first); padded CMC."""
+    indices = np.lexsort((g_pids[None, :] == q_pids[:, None], distmat), axis=1)
     matches = (g_pids[indices] == q_pids[:, np.newaxis]).astype(np.int32)
     all_cmc, all_ap, all_inp, skipped = [], [], [], 0
     for q_idx in range(distmat.shape[0]):

@@ -1,4 +1,7 @@
+import io
 import math
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -7,6 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from harness.config import TrainConfig
+from harness.io import load_checkpoint
 from harness.metrics import get_metric
 from harness.trainer import Trainer, warmup_cosine
 
@@ -72,8 +76,8 @@ def test_early_stopping_restores_the_best_epoch():
         return next(scores)
 
     model, result = _fit(TrainConfig(epochs=7, patience=2, lr=0.01, progress=False), evaluate=evaluate)
-    assert result.best_epoch == 1 and result.best_score == 3.0
-    assert result.epochs_run == 4  # epochs 2 and 3 did not improve on epoch 1
+    assert result.best_epoch == 2 and result.best_score == 3.0  # epochs count from 1
+    assert result.epochs_run == 4  # epochs 3 and 4 did not improve on epoch 2
     assert torch.equal(model.layer.weight, seen[1])
     assert [h["valid_mse"] for h in result.history] == [5.0, 3.0, 4.0, 4.5]
 
@@ -86,4 +90,45 @@ def test_direction_comes_from_the_metric():
     result = Trainer(TrainConfig(epochs=3, patience=5, progress=False), accuracy).fit(
         model, TensorDataset(x, y), lambda m: next(scores)
     )
-    assert result.best_epoch == 1 and np.isclose(result.best_score, 0.9)
+    assert result.best_epoch == 2 and np.isclose(result.best_score, 0.9)
+
+
+def test_checkpoints_and_callback_count_epochs_from_one(tmp_path):
+    scores = iter([5.0, 3.0, 4.0, 4.5])
+    logged = []
+    model, x, y = Linear(), *_data()
+    trainer = Trainer(TrainConfig(epochs=4, patience=5, progress=False), get_metric("mse"),
+                      log_metrics=lambda logs, epoch: logged.append(epoch), workdir=tmp_path)  # fmt: skip
+    result = trainer.fit(model, TensorDataset(x, y), lambda m: next(scores))
+
+    assert logged == [1, 2, 3, 4]
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == result.best_epoch == 2
+    assert load_checkpoint(tmp_path / "final.pt")["epoch"] == result.epochs_run == 4
+
+
+def test_progress_off_a_terminal_is_one_plain_line_per_epoch(capsys):
+    _fit(TrainConfig(epochs=6, patience=10, batch_size=8, lr=0.01))
+    err = capsys.readouterr().err
+
+    assert "\r" not in err  # no carriage-return updates piling up in a log file
+    lines = err.split("\n")[:-1]
+    assert max(map(len, lines)) < 200
+    epochs = [re.fullmatch(r"train epoch (\d+)/6: train_loss \d+\.\d{4}, valid_mse \d+\.\d{4}", line) for line in lines]
+    assert [int(match[1]) for match in epochs] == [1, 2, 3, 4, 5, 6]
+
+
+def test_progress_in_a_terminal_is_a_bar(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    _fit(TrainConfig(epochs=3, batch_size=8, lr=0.01))
+    err = sys.stderr.getvalue()
+
+    assert "\r" in err and "epoch" in err and "epoch 1/3:" not in err
+
+
+def test_no_progress_writes_nothing(capsys):
+    _fit(TrainConfig(epochs=3, lr=0.01, progress=False))
+    assert capsys.readouterr().err == ""

@@ -51,7 +51,8 @@ def test_tune_prunes_saves_best_and_nests_runs(workdir, views_dir, bimodal):
     assert result["n_pruned"] >= 1
     states = [t.state for t in _study("s").trials]
     assert TrialState.FAIL not in states and states.count(TrialState.PRUNED) == result["n_pruned"]
-    assert any(line.startswith("trial 4/4:") and "best so far" in line for line in lines)
+    assert any(line.startswith("trial 3 (4/4 finished):") and "best so far" in line for line in lines)
+    assert "outside the search space, so sampled: train.lr=" in lines[0]  # the default lr is not a choice
 
     # best parameters: nested overrides, loadable as a config layer
     assert result["best_params"] == {"train": {"lr": 1e-2}}
@@ -108,3 +109,50 @@ def test_direction_mismatch(workdir, views_dir, bimodal):
     optuna.create_study(study_name="d", storage=storage_url(None), direction="maximize")
     with pytest.raises(HarnessError, match="needs minimize"):
         tune("clip_multimodal", 1, layers=_layers(views_dir), study_name="d")
+
+
+def test_a_new_study_starts_from_the_configuration_as_given(workdir, tmp_path):
+    from harness.cv import make_run_config, run_cv
+    from harness.data.movielens import generate_movielens
+
+    data = tmp_path / "movielens"
+    generate_movielens(data, n_users=60, n_items=120, mean_length=25)
+    layers = ({"folds": 2, "data": {"dir": str(data)}, "tracking": False},)
+    lines = []
+    result = tune("popularity", 3, layers=layers, study_name="p", log=lines.append)
+
+    trial_0 = _study("p").trials[0]
+    assert trial_0.params == {"model.window": 0} and trial_0.user_attrs == {"defaults": True}
+    assert lines[0] == "study p: trial 0 runs the configuration as given (model.window=0)"
+    untuned = run_cv(make_run_config("popularity", *layers), log=lambda m: None)["cv_ndcg@10_full_mean"]
+    assert trial_0.value == pytest.approx(untuned) and result["best_value"] >= untuned
+    numbers = [int(line.split()[1]) for line in lines if line.startswith("trial ")]
+    assert numbers == [0, 1, 2]  # Optuna's numbering, in the progress lines and the summary
+    assert lines[-1].endswith(f"(trial {_study('p').best_trial.number}), params in leaderboard/best_params/popularity.yaml")
+
+
+def test_a_retried_trial_resumes_the_dead_trials_run(workdir, views_dir, bimodal):
+    from harness.cv import make_run_config, run_cv
+    from harness.tune import _trial_run_name
+
+    tune("clip_multimodal", 1, layers=_layers(views_dir), study_name="k", log=lambda m: None)
+    dead = _study("k").ask({"train.lr": LR})
+    # the dead worker had finished folds 0 and 1 of its trial's run
+    name = _trial_run_name("clip_multimodal", "k", dead.number)
+    layers = (*_layers(views_dir), {"train": {"lr": dead.params["train.lr"], "progress": False}})
+    run_dir = workdir / run_cv(make_run_config("clip_multimodal", *layers), log=lambda m: None, run_name=name)["run_dir"]
+    (run_dir / "scores.json").unlink()
+    (run_dir / "fold_2" / "outcome.pkl").unlink()
+    kept = {k: (run_dir / f"fold_{k}" / "outcome.pkl").stat().st_mtime_ns for k in (0, 1)}
+    storage = optuna.storages.RDBStorage(storage_url(None))
+    storage.record_heartbeat(dead._trial_id)
+    with storage.scoped_session() as session:
+        beat = session.query(models.TrialHeartbeatModel).filter_by(trial_id=dead._trial_id).one()
+        beat.heartbeat = datetime.datetime(2000, 1, 1)
+        session.commit()
+
+    lines = []
+    tune("clip_multimodal", 2, layers=_layers(views_dir), study_name="k", log=lines.append)
+    assert not any("starting afresh" in line for line in lines), lines
+    assert (run_dir / "scores.json").is_file() and (run_dir / "fold_2" / "outcome.pkl").is_file(), lines
+    assert {k: (run_dir / f"fold_{k}" / "outcome.pkl").stat().st_mtime_ns for k in (0, 1)} == kept  # not retrained
