@@ -18,7 +18,7 @@ scoring at least the target's score.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -104,11 +104,13 @@ class Recommendations:
 @dataclass(frozen=True)
 class FullRanking:
     """What :func:`full_ranking` found: ``ranks`` ``[B]`` (``None`` without targets), ``items`` and
-    ``scores`` ``[B, n]`` (``n = 0`` when no list was asked for)."""
+    ``scores`` ``[B, n]`` (``n = 0`` when no list was asked for), ``gathered`` ``[B, C]`` (the
+    scores of the ``gather`` items, or ``None``)."""
 
     ranks: np.ndarray | None
     items: np.ndarray
     scores: np.ndarray
+    gathered: np.ndarray | None = None
 
 
 def full_ranking(
@@ -122,6 +124,7 @@ def full_ranking(
     max_elements: int = MAX_SCORE_ELEMENTS,
     row_ids: Sequence | None = None,
     source: str = "score_fn",
+    gather: np.ndarray | None = None,
 ) -> FullRanking:
     """Targets' ranks and top-``n`` lists over every item, in one pass over each batch of scores.
 
@@ -131,7 +134,8 @@ def full_ranking(
     on ``device``. With ``targets``, each target's rank is counted (:func:`harness.metrics.count_ranks`:
     ties against it, a target in its history a miss) without sorting the catalogue; with ``n > 0``,
     each row's best ``n`` candidates (capped at ``n_items - 1``) are listed, equal scores by lower
-    item id, ``-inf`` scores never (the padding id fills the rest).
+    item id, ``-inf`` scores never (the padding id fills the rest). With ``gather`` ``[B, C]`` item
+    ids (e.g. the sampled protocol's candidates), their unmasked scores are read in the same pass.
 
     Bad input is a :class:`HarnessError` naming ``source`` and the row (``row_ids`` label rows in
     messages): NaN scores, history or target ids outside ``[1, n_items)``.
@@ -156,6 +160,7 @@ def full_ranking(
     starts = np.r_[0, np.cumsum(lengths)]
     ranks = None if targets is None else np.empty(n_rows, np.int64)
     items, scores = np.zeros((n_rows, n), np.int64), np.zeros((n_rows, n), np.float32)
+    gathered = None if gather is None else np.empty(np.shape(gather), np.float32)
     with torch.no_grad():
         for start in range(0, n_rows, batch):
             stop = min(start + batch, n_rows)
@@ -173,12 +178,14 @@ def full_ranking(
             excluded = (local, np.r_[np.zeros(stop - start, np.int64), flat[starts[start] : starts[stop]]])
             if ranks is not None:
                 ranks[start:stop] = count_ranks(s, torch.as_tensor(targets[start:stop], device=device), excluded)
+            if gathered is not None:
+                gathered[start:stop] = s.gather(1, torch.as_tensor(gather[start:stop], device=device)).cpu().numpy()
             if n:
                 masked = s.clone()
                 masked[torch.as_tensor(excluded[0], device=device), torch.as_tensor(excluded[1], device=device)] = \
                     -torch.inf  # fmt: skip
                 items[start:stop], scores[start:stop] = _top_n_lists(masked, n)
-    return FullRanking(ranks, items, scores)
+    return FullRanking(ranks, items, scores, gathered)
 
 
 def _check_ids(ids: np.ndarray, owner: np.ndarray, n_items: int, what: str, label: Callable[[int], str]) -> None:
@@ -247,6 +254,7 @@ class SampledProtocol:
     sampling: str = "uniform"
     popularity: np.ndarray | None = None
     seed: int = 0
+    _drawn: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # (user, target, len) -> row
 
     @classmethod
     def from_dataset(cls, dataset) -> "SampledProtocol":
@@ -262,16 +270,22 @@ class SampledProtocol:
         return cls(int(meta["n_items"]), int(meta.get("sampled_negatives", 100)), sampling, popularity)
 
     def candidates(self, part: pd.DataFrame) -> np.ndarray:
-        """``[len(part), 1 + n_negatives]`` item ids: the target, then the negatives."""
+        """``[len(part), 1 + n_negatives]`` item ids: the target, then the negatives.
+
+        A row's draw is kept, so predicting the same rows again (validation every epoch, best and
+        last weights) does not draw again.
+        """
         out = np.empty((len(part), 1 + self.n_negatives), np.int64)
         for row, (user, target, history) in enumerate(zip(part["user_id"], part["target"], part["history"])):
-            row_seed = int(np.random.SeedSequence([self.seed, int(user), int(target)]).generate_state(1)[0])
-            excluded = [np.append(np.asarray(history, np.int64), 0)]
-            out[row, 0] = target
-            out[row, 1:] = sample_negatives(
-                np.array([target], np.int64), self.n_items, excluded, n_negatives=self.n_negatives,
-                sampling=self.sampling, item_popularity=self.popularity, seed=row_seed,
-            )[0]  # fmt: skip
+            key = (int(user), int(target), len(history))
+            if key not in self._drawn:
+                row_seed = int(np.random.SeedSequence([self.seed, int(user), int(target)]).generate_state(1)[0])
+                excluded = [np.append(np.asarray(history, np.int64), 0)]
+                self._drawn[key] = sample_negatives(
+                    np.array([target], np.int64), self.n_items, excluded, n_negatives=self.n_negatives,
+                    sampling=self.sampling, item_popularity=self.popularity, seed=row_seed,
+                )[0]  # fmt: skip
+            out[row, 0], out[row, 1:] = target, self._drawn[key]
         return out
 
 

@@ -94,16 +94,17 @@ class SequentialRecommender(Family):
         part = part.reset_index(drop=True)
         source = f"{type(self).__name__}.score"
         items, scores, ranks = np.zeros((len(part), 0), np.int64), np.zeros((len(part), 0), np.float32), None
-        if full:
+        candidates = self.protocol.candidates(part) if sampled else None
+        candidate_scores = None
+        if full:  # the sampled candidates' scores come from the same pass over the full scores
             ranking = full_ranking(
                 lambda rows: self.score(part.iloc[rows]), part["history"].tolist(), self.n_items,
                 targets=part["target"].to_numpy() if "target" in part else None, n=n, device=self.device,
-                row_ids=part["user_id"].tolist(), source=source,
+                row_ids=part["user_id"].tolist(), source=source, gather=candidates,
             )  # fmt: skip
-            items, scores, ranks = ranking.items, ranking.scores, ranking.ranks
-        candidate_scores = None
-        if sampled:
-            candidates = torch.as_tensor(self.protocol.candidates(part))
+            items, scores, ranks, candidate_scores = ranking.items, ranking.scores, ranking.ranks, ranking.gathered
+        elif sampled:
+            candidates = torch.as_tensor(candidates)
             batch = max(1, 2**20 // candidates.shape[1])
             candidate_scores = torch.cat([
                 self.score_candidates(part.iloc[start : start + batch], candidates[start : start + batch]).float().cpu()

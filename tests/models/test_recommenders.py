@@ -169,7 +169,7 @@ def test_on_the_embedded_data_both_models_beat_popularity(embedded_movielens, wo
     budgets = {"popularity": {}, "sasrec": {"epochs": 12}, "hier_moe_rec": {"epochs": 5}}
     results = {}
     for name, train in budgets.items():
-        config = make_run_config(name, {"train": {**train, "progress": False}, "seed": 42})
+        config = make_run_config(name, {"train": {**train, "progress": False}, "seed": 42, "threads_per_fold": 1})
         results[name] = run_cv(config, log=lambda message: None)
     scores = {name: result["cv_ndcg@10_full_mean"] for name, result in results.items()}
     assert scores["sasrec"] > 1.2 * scores["popularity"], scores
