@@ -103,7 +103,6 @@ def run_cv(
     nested: bool = False,
     tags: dict[str, str] | None = None,
     resume: str | None = None,
-    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Cross-validate ``config.model``; returns scores, paths and ids as a plain dict.
 
@@ -116,8 +115,6 @@ def run_cv(
         tags: extra MLflow tags of the run.
         resume: continue an interrupted run, by run name or ``"last"`` (see :func:`find_run`); its
             recorded config, seed, fold file, data fingerprint and threads must match this one's.
-        run_name: the name of a new run (default ``<model>-<random id>``); tuning names trials'
-            runs so that a retried trial can find its predecessor's.
     """
     # configuration
     config = resolve_run_config(config)
@@ -142,7 +139,7 @@ def run_cv(
     record = {"seed": config.seed, "fold_file": fold_path.name, "data_fingerprint": dataset.fingerprint,
               "threads_per_fold": threads}  # fmt: skip
     if resume is None:
-        run_name = run_name or f"{config.model}-{uuid.uuid4().hex[:8]}"
+        run_name = f"{config.model}-{uuid.uuid4().hex[:8]}"
         run_dir, parent_id, finished = RUNS_DIR / run_name, None, {}
     else:
         run_dir = find_run(resume, config.model)

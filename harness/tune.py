@@ -8,15 +8,12 @@ Studies live in an RDB (SQLite by default), so several processes or machines can
 study by name, and a study can be resumed: the trial cap counts every worker's finished trials.
 Every trial is an MLflow run nested under one parent run per study invocation. A new study's
 trial 0 is the configuration as given (the family's defaults under the run's layers), so the best
-trial is never worse than not tuning. Trials are numbered as Optuna numbers them, from 0. A
-trial retried after its worker died resumes the dead trial's CV run where that run's folder is
-on this machine (its finished folds are not trained again).
+trial is never worse than not tuning. Trials are numbered as Optuna numbers them, from 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +23,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from harness.cv import RUNS_DIR, make_run_config, resolve_run_config, run_cv
+from harness.cv import make_run_config, resolve_run_config, run_cv
 from harness.errors import HarnessError
 from harness.io import atomic_write
 from harness.metrics import get_metric
@@ -143,16 +140,7 @@ def tune(
                 raise optuna.TrialPruned()
 
         tags = {"kind": "trial", "study": name, "trial": str(trial.number)}
-        retried = _retried_number(study, trial.number)
-        previous = None if retried is None else _trial_run_name(model, name, retried)
-        if previous is not None and (RUNS_DIR / previous / "run.json").is_file():
-            try:
-                result = run_cv(trial_config, log=lambda message: None, nested=True, on_fold=report, resume=previous)
-                return result[f"cv_{metric.name}_mean"]
-            except HarnessError as exc:  # e.g. another thread count: start the trial afresh
-                log(f"trial {trial.number}: could not resume trial {retried}'s run ({exc}); starting afresh")
-        result = run_cv(trial_config, log=lambda message: None, nested=True, tags=tags, on_fold=report,
-                        run_name=_trial_run_name(model, name, trial.number))  # fmt: skip
+        result = run_cv(trial_config, log=lambda message: None, nested=True, tags=tags, on_fold=report)
         return result[f"cv_{metric.name}_mean"]
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -244,18 +232,6 @@ def _defaults_in_space(search_space: Callable, config) -> tuple[dict[str, Any], 
         else:
             outside.append(f"{name}={value!r}")
     return defaults, outside
-
-
-def _retried_number(study: optuna.Study, number: int) -> int | None:
-    """The number of the dead trial that trial ``number`` retries, if it is such a retry."""
-    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-
-
-def _trial_run_name(model: str, study: str, number: int) -> str:
-    return f"{model}-{re.sub(r'[^A-Za-z0-9_.-]', '_', study)}-trial{number}"
 
 
 def _describe(params: dict[str, Any]) -> str:

@@ -130,29 +130,3 @@ def test_a_new_study_starts_from_the_configuration_as_given(workdir, tmp_path):
     assert numbers == [0, 1, 2]  # Optuna's numbering, in the progress lines and the summary
     assert lines[-1].endswith(f"(trial {_study('p').best_trial.number}), params in leaderboard/best_params/popularity.yaml")
 
-
-def test_a_retried_trial_resumes_the_dead_trials_run(workdir, views_dir, bimodal):
-    from harness.cv import make_run_config, run_cv
-    from harness.tune import _trial_run_name
-
-    tune("clip_multimodal", 1, layers=_layers(views_dir), study_name="k", log=lambda m: None)
-    dead = _study("k").ask({"train.lr": LR})
-    # the dead worker had finished folds 0 and 1 of its trial's run
-    name = _trial_run_name("clip_multimodal", "k", dead.number)
-    layers = (*_layers(views_dir), {"train": {"lr": dead.params["train.lr"], "progress": False}})
-    run_dir = workdir / run_cv(make_run_config("clip_multimodal", *layers), log=lambda m: None, run_name=name)["run_dir"]
-    (run_dir / "scores.json").unlink()
-    (run_dir / "fold_2" / "outcome.pkl").unlink()
-    kept = {k: (run_dir / f"fold_{k}" / "outcome.pkl").stat().st_mtime_ns for k in (0, 1)}
-    storage = optuna.storages.RDBStorage(storage_url(None))
-    storage.record_heartbeat(dead._trial_id)
-    with storage.scoped_session() as session:
-        beat = session.query(models.TrialHeartbeatModel).filter_by(trial_id=dead._trial_id).one()
-        beat.heartbeat = datetime.datetime(2000, 1, 1)
-        session.commit()
-
-    lines = []
-    tune("clip_multimodal", 2, layers=_layers(views_dir), study_name="k", log=lines.append)
-    assert not any("starting afresh" in line for line in lines), lines
-    assert (run_dir / "scores.json").is_file() and (run_dir / "fold_2" / "outcome.pkl").is_file(), lines
-    assert {k: (run_dir / f"fold_{k}" / "outcome.pkl").stat().st_mtime_ns for k in (0, 1)} == kept  # not retrained
