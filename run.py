@@ -50,7 +50,7 @@ def tune_parser() -> argparse.ArgumentParser:
 
 
 def ensemble_parser() -> argparse.ArgumentParser:
-    from harness.ensemble import METHODS, STACKERS
+    from harness.blending import METHODS, STACKERS
 
     parser = argparse.ArgumentParser(prog="run.py ensemble", description="Blend CV runs into a submission.")
     members = parser.add_mutually_exclusive_group(required=True)

@@ -4,7 +4,7 @@ Every number is measured in the same run on the same float32 scores (tie-free: s
 and histories, and printed in seconds and as a ratio to the floor:
 
 - ``floor``: one read of the score matrix (``scores.sum()``), what any metric must at least pay;
-- ``harness ranks``: :func:`harness.ranking.full_ranking` with targets and no lists (what a
+- ``harness ranks``: :func:`harness.tasks.recommendation.full_ranking` with targets and no lists (what a
   ``_full`` validation score computes): the NaN check, one counting pass per batch, the
   history correction, then Hit/NDCG/MRR@K from the ranks;
 - ``harness + top-N``: the same pass also producing each user's top-N list (the submission path);
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from harness.metrics import ranking_report, ranks_from_topn
-from harness.ranking import MAX_SCORE_ELEMENTS, full_ranking
+from harness.tasks.recommendation import MAX_SCORE_ELEMENTS, full_ranking
 
 KS = (5, 10, 20)
 

@@ -89,8 +89,7 @@ import torch
 from harness.config import TrainConfig, build
 from harness.data import Dataset, load_dataset
 from harness.metrics import get_metric, ranking_report
-from harness.ranking import REPORT_KS, item_counts
-from harness.recommender import training_sequences
+from harness.tasks.recommendation import REPORT_KS, item_counts, training_sequences
 from harness.registry import FitContext, create_model, get_model_entry
 from harness.runtime import resolve_device, seed_everything
 from harness.tasks import get_task_adapter

@@ -41,7 +41,8 @@ class TrainConfig:
     """The one training loop's knobs; families state their own defaults on top."""
 
     epochs: int = 20  # maximum number of passes over the training fold
-    batch_size: int = 64  # rows per optimisation step
+    batch_size: int = 64  # rows per forward/backward pass
+    grad_accumulation: int = 1  # passes whose gradients add up before each optimiser step (batch × this rows a step)
     lr: float = 1e-3  # peak learning rate after warm-up (AdamW)
     weight_decay: float = 0.01  # decoupled weight decay; never applied to biases, norms, 1-D params
     warmup_ratio: float = 0.1  # fraction of all steps spent warming up linearly, then cosine to 0
@@ -185,7 +186,7 @@ def check_fields(config: Any, constraint: tuple[Any, str], *names: str, where: s
 
 def check_train_config(train: TrainConfig) -> None:
     """Every ``train.*`` setting in range, checked before anything is generated or written."""
-    check_fields(train, POSITIVE_INT, "epochs", "batch_size", "patience", where="train")
+    check_fields(train, POSITIVE_INT, "epochs", "batch_size", "grad_accumulation", "patience", where="train")
     check_fields(train, FINITE_POSITIVE, "lr", where="train")
     check_fields(train, FINITE_NON_NEGATIVE, "weight_decay", "grad_clip", where="train")
     check_fields(train, FRACTION, "warmup_ratio", where="train")

@@ -123,6 +123,7 @@ def run_cv(
     adapter = get_task_adapter(entry.task)
     devices = resolve_devices(config)
     threads = _threads(config, devices)
+    _warn_if_busy(config, threads, log)
     seed_everything(config.seed)
 
     # data and folds
@@ -250,6 +251,9 @@ def run_cv(
         atomic_write(submission_path, lambda p: submission.to_csv(p, index=False))
         for path in [run_dir / name for name in artifacts] + figures:
             tracker.log_artifact(path)
+        for k in sorted(histories):  # a family's own figures (e.g. routing, attention maps), per fold
+            for path in sorted((run_dir / f"fold_{k}").glob("*.png")):
+                tracker.log_artifact(path, f"fold_{k}")
         tracker.log_artifact(submission_path, "submission")
 
     result = {
@@ -295,6 +299,24 @@ def _threads(config: RunConfig, devices: list[str]) -> int:
             raise HarnessError(f"threads_per_fold must be at least 1, got {config.threads_per_fold}.")
         return config.threads_per_fold
     return max(1, (os.cpu_count() or 1) // min(len(devices), config.folds))
+
+
+def _warn_if_busy(config: RunConfig, threads: int, log: Callable[[str], Any]) -> None:
+    """Say so when the default thread count meets a machine already busy with other processes.
+
+    Measured on 2 cores (``bench/bench_threads.py``): one thread per core is 1.15-1.3x faster than
+    one thread on an idle machine, but 2.9-5.5x slower when other processes keep every core busy.
+    The default stays fixed (thread counts change the numerics, so a default that followed the
+    load would make one command give different numbers); the user chooses.
+    """
+    cores = os.cpu_count() or 1
+    if config.threads_per_fold is not None or threads < 2 or not hasattr(os, "getloadavg"):
+        return
+    load = os.getloadavg()[0]
+    if load >= cores / 2:
+        log(f"The machine is busy (1-minute load {load:.1f} on {cores} cores): {threads} torch threads per fold will "
+            "compete with other processes (3-5x slower than one thread on a busy 2-core machine, "
+            "bench/bench_threads.py); threads_per_fold=1 avoids it.")  # fmt: skip
 
 
 def fit_fold(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, k: int, run_dir: Path,

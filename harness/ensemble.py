@@ -1,19 +1,15 @@
 """Ensembling finished CV runs: blend their out-of-fold and test predictions.
 
-A *member* is a finished CV run in the MLflow store: its ``oof.parquet`` (``id``, ``prediction``
-or ``prediction_0..C-1``, ``fold``), ``test_predictions.parquet`` (``id``, ``fold_<k>`` or
-``fold_<k>_<c>``) and ``config.yaml``. Members can be blended only if they share the dataset, the
+A *member* is a finished CV run in the MLflow store: its ``oof.parquet`` (``id``, the
+predictions under ``prediction`` as the task adapter writes them, ``fold``),
+``test_predictions.parquet`` (``id``, each fold model's under ``fold_<k>``) and ``config.yaml``. Members can be blended only if they share the dataset, the
 fold file and the metric and predict the same OOF and test ids; because they share the fold file,
 every member's OOF prediction of a row comes from a model that never saw that row, so the blend's
 OOF score is an honest CV estimate (up to the optimism of choosing weights or a stacker on the
 same OOF rows; stacking refits fold by fold to avoid it).
 
-Blending methods are pure functions on a stack ``P`` of member predictions, shape ``[M, N]``
-(regression) or ``[M, N, C]`` (class probabilities), ``M`` members and ``N`` rows:
-
-* :func:`mean`, :func:`median`, :func:`weighted_mean`, :func:`rank_mean`;
-* :func:`optimize_weights` chooses simplex weights for :func:`weighted_mean` on the OOF rows;
-* :func:`stack` fits a level-2 model (ridge or LightGBM) under the members' own folds.
+How predictions are read and blended is the task's (:mod:`harness.tasks`): row-wise tasks blend
+through :mod:`harness.blending`, recommendation runs fuse their lists.
 
 :func:`run_ensemble` ties it together and logs an MLflow run with the same metric keys as a CV
 run (``kind="ensemble"``), so one leaderboard lists both.
@@ -34,38 +30,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 import yaml
-from scipy.optimize import minimize
-from scipy.stats import rankdata
 
+from harness.blending import METHODS, STACKERS, mean, median, normalise_weights, weighted_mean
 from harness.errors import HarnessError
 from harness.io import atomic_write
 from harness.metrics import get_metric
-from harness.ranking import Recommendations, fuse
-from harness.tracking import metric_key
-from harness.tracking import DEFAULT_DIR, Tracker, tracking_uri
+from harness.tasks import get_task_adapter
+from harness.tracking import DEFAULT_DIR, Tracker, metric_key, tracking_uri
 
-__all__ = [
-    "METHODS",
-    "STACKERS",
-    "Member",
-    "load_member",
-    "top_runs",
-    "check_members",
-    "mean",
-    "median",
-    "weighted_mean",
-    "normalise_weights",
-    "optimize_weights",
-    "rank_mean",
-    "stack",
-    "blend",
-    "run_ensemble",
-]
+__all__ = ["Member", "load_member", "top_runs", "check_members", "run_ensemble", "fold_ensemble"]
 
-METHODS = ("mean", "median", "weighted_mean", "rank_mean", "stacking")
-STACKERS = ("ridge", "lightgbm")
-LOG_SPACE_METRICS = ("msle", "rmsle")  # metrics computed on log1p: stackers fit on log1p too
-_TEST_COLUMN = re.compile(r"fold_(\d+)(?:_(\d+))?")
+_TEST_COLUMN = re.compile(r"fold_(\d+)(?:_|$)")
 _PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
@@ -85,9 +60,16 @@ class Member:
     metric: str
     fold_file: str
     tags: dict[str, str]
-    oof: pd.DataFrame  # id, prediction | prediction_0..C-1, fold
-    test: pd.DataFrame  # id, fold_<k> | fold_<k>_<c> (per fold model) or prediction[_c] (already blended)
+    oof: pd.DataFrame  # id, the predictions under "prediction", fold
+    test: pd.DataFrame  # id, each fold model's predictions under "fold_<k>", or the blend's under "prediction"
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self):
+        """The adapter of the member's task type (how its predictions are stored and blended)."""
+        from harness.data import get_dataset_spec
+
+        return get_task_adapter(get_dataset_spec(self.dataset).task)
 
     @property
     def label(self) -> str:
@@ -105,55 +87,25 @@ class Member:
     def folds(self) -> np.ndarray:
         return self.oof["fold"].to_numpy(dtype=int)
 
-    def oof_values(self) -> np.ndarray:
-        """``[N]`` or ``[N, C]`` out-of-fold predictions."""
-        return _prediction_values(self.oof, self.label, "oof.parquet")
+    def oof_values(self):
+        """The out-of-fold predictions, in the task's prediction type."""
+        values = self.task.from_frame(self.oof, "prediction")
+        if values is None:
+            raise HarnessError(f"Run {self.label}: oof.parquet has no prediction column.")
+        return values
 
-    def test_values(self) -> np.ndarray | Recommendations:
-        """``[T]`` or ``[T, C]`` test predictions (or recommendations): the fold models' averaged."""
-        if any(c == "prediction" or c.startswith("prediction_") for c in self.test.columns):
-            return _prediction_values(self.test, self.label, "test_predictions.parquet")
-        folds = sorted(int(m[1]) for c in self.test.columns if (m := re.fullmatch(r"fold_(\d+)_items", str(c))))
-        if folds:
-            return fuse([_recommendations(self.test, f"fold_{k}") for k in folds])
-        return np.mean(self.fold_test_values(), axis=0)
+    def test_values(self):
+        """The test predictions: the fold models' averaged, as the CV run averaged them."""
+        blended = self.task.from_frame(self.test, "prediction")
+        return blended if blended is not None else self.task.average(self.fold_test_values())
 
-    def fold_test_values(self) -> np.ndarray:
-        """``[K, T]`` or ``[K, T, C]``: each fold model's test predictions."""
-        per_fold: dict[int, dict[int, str]] = {}
-        for column in self.test.columns:
-            match = _TEST_COLUMN.fullmatch(str(column))
-            if match:
-                c = -1 if match.group(2) is None else int(match.group(2))
-                per_fold.setdefault(int(match.group(1)), {})[c] = column
-        if not per_fold:
+    def fold_test_values(self) -> list:
+        """Each fold model's test predictions, in fold order."""
+        folds = sorted({int(m[1]) for c in self.test.columns if (m := _TEST_COLUMN.match(str(c)))})
+        values = [self.task.from_frame(self.test, f"fold_{k}") for k in folds]
+        if not values or any(v is None for v in values):
             raise HarnessError(f"Run {self.label}: test_predictions.parquet has no fold_<k> columns.")
-        stacks = []
-        for k in sorted(per_fold):
-            columns = per_fold[k]
-            names = [columns[-1]] if -1 in columns else [columns[c] for c in sorted(columns)]
-            values = self.test[names].to_numpy(dtype=float)
-            stacks.append(values[:, 0] if -1 in columns else values)
-        return np.stack(stacks)
-
-
-def _prediction_values(frame: pd.DataFrame, label: str, file: str) -> np.ndarray | Recommendations:
-    if "prediction_items" in frame.columns:
-        return _recommendations(frame, "prediction")
-    if "prediction" in frame.columns:
-        return frame["prediction"].to_numpy(dtype=float)
-    columns = sorted((c for c in frame.columns if re.fullmatch(r"prediction_\d+", str(c))), key=lambda c: int(c[11:]))
-    if not columns:
-        raise HarnessError(f"Run {label}: {file} has no prediction column.")
-    return frame[columns].to_numpy(dtype=float)
-
-
-def _recommendations(frame: pd.DataFrame, prefix: str) -> Recommendations:
-    """A recommendation run's ``<prefix>_items|scores|sampled|rank`` columns."""
-    sampled, rank = f"{prefix}_sampled", f"{prefix}_rank"
-    return Recommendations(np.stack(frame[f"{prefix}_items"]), np.stack(frame[f"{prefix}_scores"]),
-                           np.stack(frame[sampled]) if sampled in frame.columns else None,
-                           frame[rank].to_numpy() if rank in frame.columns else None)  # fmt: skip
+        return values
 
 
 def _client():
@@ -281,213 +233,6 @@ def check_members(members: Sequence[Member]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Blending methods: pure functions on P = [M, N] (regression) or [M, N, C] (probabilities)
-# ----------------------------------------------------------------------------------------------
-
-
-def mean(P: np.ndarray) -> np.ndarray:
-    r"""Arithmetic mean of the members: :math:`\hat y_i = \frac{1}{M}\sum_m p_{mi}`."""
-    return np.mean(np.asarray(P, dtype=float), axis=0)
-
-
-def median(P: np.ndarray) -> np.ndarray:
-    r"""Element-wise median of the members: :math:`\hat y_i = \operatorname{median}_m p_{mi}`.
-
-    For class probabilities the per-class medians no longer sum to 1; :func:`blend` renormalises.
-    """
-    return np.median(np.asarray(P, dtype=float), axis=0)
-
-
-def normalise_weights(weights: Sequence[float], n_members: int) -> np.ndarray:
-    """Check user weights (finite, non-negative, one per member, positive sum) and scale them to sum 1."""
-    try:
-        w = np.asarray(weights, dtype=float).reshape(-1)
-    except (TypeError, ValueError):
-        raise HarnessError(f"Weights must be numbers, got {weights!r}.") from None
-    if len(w) != n_members:
-        raise HarnessError(f"Got {len(w)} weights for {n_members} runs; give one weight per run.")
-    if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
-        raise HarnessError(f"Weights must be non-negative with a positive sum, got {list(map(float, w))}.")
-    return w / w.sum()
-
-
-def weighted_mean(P: np.ndarray, weights: Sequence[float]) -> np.ndarray:
-    r"""Weighted mean: :math:`\hat y_i = \sum_m w_m p_{mi}` with :math:`w_m \ge 0,\ \sum_m w_m = 1`.
-
-    ``weights`` are checked and normalised by :func:`normalise_weights`.
-    """
-    P = np.asarray(P, dtype=float)
-    return np.tensordot(normalise_weights(weights, P.shape[0]), P, axes=1)
-
-
-def rank_mean(P: np.ndarray) -> np.ndarray:
-    r"""Mean of the members' ranks, mapped back to the target scale.
-
-    Each member's predictions become ranks scaled to [0, 1] (ties share their average rank):
-    :math:`r_{mi} = (\operatorname{rank}(p_{m\cdot})_i - 1) / (N - 1)`, averaged over members:
-    :math:`\bar r_i = \frac1M \sum_m r_{mi}`. To keep outputs in target units, :math:`\bar r` is
-    mapped through the quantile function of the mean prediction: with :math:`q` the sorted values
-    of :math:`\bar p_i = \frac1M\sum_m p_{mi}` placed at :math:`0, \frac1{N-1}, \dots, 1`,
-    :math:`\hat y_i = \operatorname{interp}(\bar r_i;\ q)` (linear interpolation). The blend thus
-    has the mean's distribution and the average order of the members. With ``[M, N, C]``
-    probabilities each class column is handled alone (:func:`blend` renormalises rows).
-    """
-    P = np.asarray(P, dtype=float)
-    if P.ndim == 3:
-        return np.stack([rank_mean(P[:, :, c]) for c in range(P.shape[2])], axis=1)
-    n = P.shape[1]
-    if n == 1:
-        return P.mean(axis=0)
-    ranks = np.stack([(rankdata(p, method="average") - 1) / (n - 1) for p in P])
-    quantiles = np.sort(P.mean(axis=0))
-    return np.interp(ranks.mean(axis=0), np.linspace(0.0, 1.0, n), quantiles)
-
-
-def optimize_weights(
-    P: np.ndarray, score: Callable[[np.ndarray], float], greater_is_better: bool = False
-) -> np.ndarray:
-    r"""Simplex weights that optimise ``score(weighted_mean(P, w))`` on the OOF rows.
-
-    Solves :math:`\min_w \pm\,\mathrm{score}(\sum_m w_m p_m)` s.t. :math:`0 \le w_m \le 1,\
-    \sum_m w_m = 1` with SLSQP from the equal weights and from each one-hot vector (each
-    member alone), and keeps the best result *including the starting points*, so the blend never
-    scores worse on the OOF rows than the best single member.
-    """
-    P = np.asarray(P, dtype=float)
-    m = P.shape[0]
-    sign = -1.0 if greater_is_better else 1.0
-
-    def project(w: np.ndarray) -> np.ndarray:
-        w = np.clip(np.nan_to_num(np.asarray(w, dtype=float)), 0.0, 1.0)
-        return w / w.sum() if w.sum() > 0 else np.full(m, 1.0 / m)
-
-    def objective(w: np.ndarray) -> float:
-        value = sign * float(score(np.tensordot(project(w), P, axes=1)))
-        return value if np.isfinite(value) else 1e300
-
-    starts = [np.full(m, 1.0 / m), *np.eye(m)]
-    candidates = list(starts)
-    for start in starts:
-        result = minimize(
-            objective, start, method="SLSQP", bounds=[(0.0, 1.0)] * m,
-            constraints=[{"type": "eq", "fun": lambda w: np.sum(w) - 1.0}],
-            options={"maxiter": 200, "ftol": 1e-10},
-        )  # fmt: skip
-        candidates.append(project(result.x))
-    values = [objective(w) for w in candidates]
-    return candidates[int(np.argmin(values))]
-
-
-def _stacker(name: str, seed: int):
-    if name == "ridge":
-        from sklearn.linear_model import Ridge
-
-        return Ridge(alpha=1.0)
-    if name == "lightgbm":
-        from lightgbm import LGBMRegressor
-
-        return LGBMRegressor(
-            n_estimators=100, learning_rate=0.05, num_leaves=7, min_child_samples=5,
-            subsample=1.0, colsample_bytree=1.0, deterministic=True, force_row_wise=True,
-            n_jobs=1, random_state=seed, verbose=-1,
-        )  # fmt: skip
-    raise HarnessError(f"Unknown stacker {name!r}, valid stackers: {', '.join(STACKERS)}.")
-
-
-def stack(
-    P_oof: np.ndarray,
-    y: np.ndarray,
-    folds: np.ndarray,
-    P_test: np.ndarray,
-    stacker: str = "ridge",
-    *,
-    log_space: bool = False,
-    seed: int = 42,
-) -> tuple[np.ndarray, np.ndarray, Any]:
-    r"""Level-2 regression on the members' predictions, under the members' own folds.
-
-    Features :math:`x_i = (p_{1i}, \dots, p_{Mi})` (:math:`\log(1 + p_{mi})` with ``log_space``,
-    for MSLE-type metrics, the target then :math:`\log(1 + y_i)`). For each fold :math:`k` the
-    stacker is fitted on the rows of the other folds and predicts fold :math:`k`: the stacked OOF
-    prediction of a row never depends on that row's fold's targets. Test predictions come from a
-    stacker fitted on all OOF rows, applied to the members' fold-averaged test predictions.
-    With ``log_space`` predictions are mapped back by :math:`\exp(\cdot) - 1` and clipped at 0.
-
-    Returns ``(oof, test, final_model)``.
-    """
-    P_oof, P_test = np.asarray(P_oof, dtype=float), np.asarray(P_test, dtype=float)
-    if P_oof.ndim != 2:
-        raise HarnessError("Stacking supports regression members (one prediction per row) only.")
-    X, X_test, target = P_oof.T, P_test.T, np.asarray(y, dtype=float)
-    if log_space:
-        X, X_test, target = np.log1p(np.clip(X, 0, None)), np.log1p(np.clip(X_test, 0, None)), np.log1p(target)
-    folds = np.asarray(folds)
-    oof = np.empty(len(target))
-    for k in np.unique(folds):
-        inside = folds == k
-        model = _stacker(stacker, seed).fit(X[~inside], target[~inside])
-        oof[inside] = model.predict(X[inside])
-    final = _stacker(stacker, seed).fit(X, target)
-    test = final.predict(X_test)
-    if log_space:
-        oof, test = np.clip(np.expm1(oof), 0, None), np.clip(np.expm1(test), 0, None)
-    return oof, test, final
-
-
-def blend(
-    method: str,
-    P_oof: np.ndarray,
-    P_test: np.ndarray,
-    *,
-    y: np.ndarray | None = None,
-    folds: np.ndarray | None = None,
-    score: Callable[[np.ndarray], float] | None = None,
-    greater_is_better: bool = False,
-    weights: Sequence[float] | str | None = None,
-    stacker: str = "ridge",
-    log_space: bool = False,
-    seed: int = 42,
-) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
-    """Apply ``method`` to OOF and test stacks; returns ``(oof, test, weights or None)``.
-
-    ``score(pred) -> float`` scores OOF predictions (needed for ``weights="optimize"``); ``y``
-    and ``folds`` are needed for stacking. Class probabilities from ``median`` and
-    ``rank_mean`` are renormalised to sum 1 per row.
-    """
-    P_oof, P_test = np.asarray(P_oof, dtype=float), np.asarray(P_test, dtype=float)
-    used: list[float] | None = None
-    if method == "mean":
-        oof, test = mean(P_oof), mean(P_test)
-    elif method == "median":
-        oof, test = median(P_oof), median(P_test)
-    elif method == "rank_mean":
-        oof, test = rank_mean(P_oof), rank_mean(P_test)
-    elif method == "weighted_mean":
-        if weights is None:
-            raise HarnessError("Method weighted_mean needs --weights (one per run, or 'optimize').")
-        if isinstance(weights, str) and weights == "optimize":
-            if score is None:
-                raise HarnessError("weights='optimize' needs a score function.")
-            w = optimize_weights(P_oof, score, greater_is_better)
-        elif isinstance(weights, str):
-            raise HarnessError(f"Weights must be numbers or 'optimize', got {weights!r}.")
-        else:
-            w = normalise_weights(weights, P_oof.shape[0])
-        oof, test, used = weighted_mean(P_oof, w), weighted_mean(P_test, w), [float(v) for v in w]
-    elif method == "stacking":
-        if y is None or folds is None:
-            raise HarnessError("Stacking needs the OOF targets and folds.")
-        oof, test, model = stack(P_oof, y, folds, P_test, stacker, log_space=log_space, seed=seed)
-        if hasattr(model, "coef_"):
-            used = [float(v) for v in np.ravel(model.coef_)]
-    else:
-        raise HarnessError(f"Unknown ensemble method {method!r}, valid methods: {', '.join(METHODS)}.")
-    if P_oof.ndim == 3 and method in ("median", "rank_mean"):
-        oof, test = (a / np.clip(a.sum(axis=1, keepdims=True), 1e-12, None) for a in (oof, test))
-    return oof, test, used
-
-
-# ----------------------------------------------------------------------------------------------
 # The ensemble run
 # ----------------------------------------------------------------------------------------------
 
@@ -516,37 +261,6 @@ def _load_targets(member: Member, log: Callable[[str], Any]):
     return dataset, train.loc[ids].reset_index(drop=True)
 
 
-def _refuse_ranking(dataset: str) -> None:
-    from harness.data import get_dataset_spec
-
-    if get_dataset_spec(dataset).task.value == "sequential_recommendation":
-        raise HarnessError(
-            f"Dataset {dataset!r} is a sequential-recommendation task: --fold-models blends row-wise "
-            "predictions only (each run's test lists are already its fold models' fusion)."
-        )
-
-
-def fuse_recommendations(
-    method: str, oofs: list[Recommendations], tests: list[Recommendations], weights: Sequence[float] | str | None
-) -> tuple[Recommendations, Recommendations, list[float] | None]:
-    """Recommendation members: ``mean`` / ``weighted_mean`` fuse min-max-scaled scores over the union
-    of candidates, ``rank_mean`` is reciprocal-rank fusion (see :func:`harness.ranking.fuse`)."""
-    if method not in ("mean", "weighted_mean", "rank_mean"):
-        raise HarnessError(
-            f"Recommendation runs blend with mean, weighted_mean or rank_mean (reciprocal-rank fusion), not {method!r}."
-        )
-    if isinstance(weights, str):
-        raise HarnessError("--weights optimize is for row-wise predictions; give recommendation runs explicit weights.")
-    w = None if weights is None else normalise_weights(weights, len(oofs))
-    how = "rrf" if method == "rank_mean" else "mean"
-    fused = [fuse(members, w, method=how, normalise=True) for members in (oofs, tests)]
-    return fused[0], fused[1], None if w is None else [float(x) for x in w]
-
-
-def _rows(predictions: np.ndarray | Recommendations, mask: np.ndarray) -> np.ndarray | Recommendations:
-    return predictions.take(mask) if isinstance(predictions, Recommendations) else predictions[mask]
-
-
 def run_ensemble(
     run_ids: Sequence[str],
     method: str,
@@ -557,8 +271,6 @@ def run_ensemble(
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Blend finished CV runs, score the blend on the OOF rows, write a submission and log a run."""
-    from harness.tasks import get_task_adapter
-
     if method not in METHODS:
         raise HarnessError(f"Unknown ensemble method {method!r}, valid methods: {', '.join(METHODS)}.")
     if method == "stacking" and stacker not in STACKERS:
@@ -585,18 +297,11 @@ def run_ensemble(
 
     P_oof = [m.oof_values() for m in members]
     P_test = [m.test_values() for m in members]
-    if isinstance(P_oof[0], Recommendations):
-        oof, test, used_weights = fuse_recommendations(method, P_oof, P_test, weights)
-    else:
-        P_oof, P_test = np.stack(P_oof), np.stack(P_test)
-        oof, test, used_weights = blend(
-            method, P_oof, P_test, y=rows[dataset.target_col].to_numpy(), folds=folds, score=score,
-            greater_is_better=metric.greater_is_better, weights=weights, stacker=stacker,
-            log_space=metric.name in LOG_SPACE_METRICS, seed=seed,
-        )  # fmt: skip
+    oof, test, used_weights = adapter.blend(method, P_oof, P_test, dataset=dataset, rows=rows, metric=metric,
+                                            folds=folds, weights=weights, stacker=stacker, seed=seed)  # fmt: skip
 
     # scores: the blend overall and per fold, each member on the same rows
-    fold_scores = {k: adapter.score(metric, dataset, rows[folds == k], _rows(oof, folds == k)) for k in fold_ids}
+    fold_scores = {k: adapter.score(metric, dataset, rows[folds == k], adapter.take(oof, folds == k)) for k in fold_ids}
     values = np.array(list(fold_scores.values()))
     summary = {
         f"cv_{metric.name}_mean": float(values.mean()),
@@ -689,8 +394,6 @@ def fold_ensemble(
     ``median`` or ``weighted_mean`` (``weights`` one per fold). The OOF score reported is that of
     the chosen checkpoint (each row predicted by the fold model that did not train on it).
     """
-    from harness.tasks import get_task_adapter
-
     blenders = {"mean": mean, "median": median, "weighted_mean": lambda P: weighted_mean(P, weights)}
     if method not in blenders:
         raise HarnessError(f"Fold-model ensembles take mean, median or weighted_mean, got {method!r}.")
@@ -698,8 +401,12 @@ def fold_ensemble(
         raise HarnessError("--weights (one per fold) goes with --method weighted_mean, and only with it.")
     checkpoint = "best" if use_best_checkpoint else "final"
     member = load_member(run_id, checkpoint)
-    _refuse_ranking(member.dataset)
-    folds = member.fold_test_values()
+    if not member.task.fold_blendable:
+        raise HarnessError(
+            f"Run {member.label} is on dataset {member.dataset!r}, whose predictions do not blend row by row: "
+            "--fold-models blends row-wise predictions only (its test predictions are already its fold models' fusion)."
+        )
+    folds = np.stack(member.fold_test_values())
     if weights is not None:
         normalise_weights(weights, len(folds))
     blended = blenders[method](folds)

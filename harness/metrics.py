@@ -7,7 +7,7 @@ Four task families:
 
 * regression -- :func:`mean_squared_error`, :func:`mean_squared_log_error`,
   :func:`root_mean_squared_log_error`;
-* classification -- :func:`accuracy`, :func:`top_k_accuracy`, :func:`log_loss`;
+* classification -- :func:`accuracy`, :func:`top_k_accuracy`, :func:`log_loss`, :func:`macro_f1`;
 * ranking (sequential recommendation, leave-one-out) -- everything goes through
   the 0-based rank of the positive item (:func:`target_ranks`,
   :func:`batched_target_ranks`, :func:`ranks_from_topn`,
@@ -18,11 +18,12 @@ Four task families:
   (torchreid's ``eval_market1501`` protocol, plus mINP).
 
 Metric names (:func:`get_metric`): ``mse``, ``msle``, ``rmsle``, ``accuracy``,
-``top{K}_accuracy`` (e.g. ``top5_accuracy``), ``log_loss``, ``hit@K``,
+``top{K}_accuracy`` (e.g. ``top5_accuracy``), ``log_loss``, ``macro_f1``, ``hit@K``,
 ``recall@K``, ``ndcg@K``, ``mrr@K`` (ranking names may end in ``_full`` or
 ``_sampled`` to name the evaluation protocol, e.g. ``ndcg@10_full``; the
 suffix is kept in :attr:`Metric.name` and does not change the computation),
-``map``, ``minp``, ``rank{K}`` and its alias ``cmc@K`` (re-ID).
+``map``, ``minp``, ``rank{K}`` and its alias ``cmc@K`` (re-ID), ``rsum``, ``i2t_r@K``,
+``t2i_r@K``, ``i2t_map``, ``t2i_map`` (image-text retrieval).
 
 Ties, infinities and exclusions -- one convention for every rank behind a reported number (full
 ranking, sampled candidates, top-N lists, re-ID and retrieval galleries):
@@ -67,6 +68,7 @@ __all__ = [
     "accuracy",
     "top_k_accuracy",
     "log_loss",
+    "macro_f1",
     "target_ranks",
     "batched_target_ranks",
     "count_ranks",
@@ -81,10 +83,12 @@ __all__ = [
     "ranking_report",
     "query_gallery_metrics",
     "reid_from_distances",
+    "retrieval_metrics",
+    "RETRIEVAL_KS",
     "reid_metrics",
 ]
 
-TASKS = ("regression", "classification", "ranking", "reid")
+TASKS = ("regression", "classification", "ranking", "reid", "retrieval")
 
 #: Rank given by :func:`ranks_from_topn` to a target absent from its top-N list.
 #: It is larger than any ``k``, so the row counts as a miss for every metric@k.
@@ -381,6 +385,33 @@ def log_loss(y_true: Any, y_proba: Any) -> float:
     eps = np.finfo(np.float64).eps
     p = np.clip(proba[np.arange(true.shape[0]), true], eps, 1 - eps)
     return float(-np.mean(np.log(p)))
+
+
+def macro_f1(y_true: Any, y_pred: Any) -> float:
+    r"""Unweighted mean over classes of the per-class F1 score.
+
+    ``y_pred`` holds labels ``[N]`` or class scores ``[N, C]`` (labels by ``argmax``, as in
+    :func:`accuracy`). The classes averaged over are those that are true or predicted at least
+    once, as in scikit-learn's ``f1_score(average="macro")``; one predicted but never true (or
+    true but never predicted) scores 0.
+
+    .. math:: F_1^{macro} = \frac{1}{|C|}\sum_{c} \frac{2\,TP_c}{2\,TP_c + FP_c + FN_c}
+    """
+    pred = _to_numpy(y_pred, "y_pred")
+    if pred.ndim == 2:
+        proba = _numeric(pred, "y_pred", 2)
+        true = _class_indices(y_true, "y_true", proba.shape[1])
+        pred = proba.argmax(axis=1)
+    else:
+        pred = _labels(pred, "y_pred")
+        true = _labels(y_true, "y_true")
+    _same_length(true, pred, "y_true", "y_pred")
+    classes, codes = np.unique(np.concatenate([true, pred]), return_inverse=True)
+    t, p = codes[: len(true)], codes[len(true) :]
+    tp = np.bincount(t[t == p], minlength=len(classes))
+    fp = np.bincount(p, minlength=len(classes)) - tp
+    fn = np.bincount(t, minlength=len(classes)) - tp
+    return float(np.mean(2 * tp / (2 * tp + fp + fn)))
 
 
 # ----------------------------------------------------------------------------
@@ -1153,6 +1184,44 @@ def reid_metrics(
     return out
 
 
+RETRIEVAL_KS = (1, 5, 10)  # the Recall@K of every retrieval report
+
+
+def retrieval_metrics(
+    image_features: Any,
+    text_features: Any,
+    text_images: Any,
+    *,
+    batch_size: int = 512,
+) -> dict[str, float | int]:
+    r"""Image ↔ text retrieval metrics: Recall@1/5/10 both ways, their sum, mAP both ways.
+
+    ``image_features`` ``[N, D]`` and ``text_features`` ``[T, D]`` are ranked by cosine similarity;
+    ``text_images`` ``[T]`` gives the row of the image each text describes. Image → text: a
+    query image's matches are all its texts (Recall@K: any of them in the top K); text → image:
+    a query text's one match is its image. Both are :func:`reid_metrics` without cameras, so ties
+    count against the target and memory stays bounded by ``batch_size`` query rows.
+
+    .. math:: \mathrm{rsum} = \sum_{K \in \{1,5,10\}} (R@K_{i\to t} + R@K_{t\to i}) \in [0, 6]
+
+    (the literature's rsum is this × 100). Recall grows as the gallery shrinks: compare numbers
+    over galleries of the same size only. Returns ``{"i2t_r@K", "t2i_r@K", "rsum", "i2t_map",
+    "t2i_map", "n_images", "n_texts"}``.
+    """
+    owner = _to_numpy(text_images, "text_images").astype(np.int64).reshape(-1)
+    images = np.arange(_to_numpy(image_features, "image_features").shape[0])
+    i2t = reid_metrics(image_features, images, None, text_features, owner, None, ranks=RETRIEVAL_KS,
+                       metric="cosine", batch_size=batch_size)  # fmt: skip
+    t2i = reid_metrics(text_features, owner, None, image_features, images, None, ranks=RETRIEVAL_KS,
+                       metric="cosine", batch_size=batch_size)  # fmt: skip
+    out: dict[str, float | int] = {}
+    for way, res in (("i2t", i2t), ("t2i", t2i)):
+        out.update({f"{way}_r@{k}": res[f"rank{k}"] for k in RETRIEVAL_KS})
+    out["rsum"] = float(sum(out[f"{way}_r@{k}"] for way in ("i2t", "t2i") for k in RETRIEVAL_KS))
+    out.update({"i2t_map": i2t["map"], "t2i_map": t2i["map"], "n_images": len(images), "n_texts": len(owner)})
+    return out
+
+
 # ----------------------------------------------------------------------------
 # Registry
 # ----------------------------------------------------------------------------
@@ -1163,7 +1232,8 @@ class Metric:
     """A named metric with its optimisation direction, declared once.
 
     ``fn`` takes ``(y_true, y_pred)`` for regression / classification, the
-    rank array for ranking, and the dict from :func:`reid_metrics` for re-ID.
+    rank array for ranking, the dict from :func:`reid_metrics` for re-ID and the
+    one from :func:`retrieval_metrics` for retrieval.
     """
 
     name: str
@@ -1188,10 +1258,10 @@ class Metric:
         return self.fn(*args, **kwargs)
 
 
-def _reid_getter(key: str) -> Callable[[Mapping[str, Any]], float]:
+def _result_getter(key: str) -> Callable[[Mapping[str, Any]], float]:
     def get(results: Mapping[str, Any]) -> float:
         if key not in results:
-            raise ValueError(f"re-ID results have no {key!r}; include it in reid_metrics(ranks=...)")
+            raise ValueError(f"the metric results have no {key!r} (re-ID: include it in reid_metrics(ranks=...))")
         return float(results[key])
 
     return get
@@ -1224,11 +1294,17 @@ _FAMILIES: tuple[_Family, ...] = (
     _Family("topK_accuracy", rf"top{_K}_accuracy", "classification", True,
             lambda m: partial(top_k_accuracy, k=int(m["k"]))),
     _Family("log_loss", "log_loss", "classification", False, lambda m: log_loss),
+    _Family("macro_f1", "macro_f1", "classification", True, lambda m: macro_f1),
     *(_ranking_family(name) for name in _RANKING_FNS),
-    _Family("map", "map", "reid", True, lambda m: _reid_getter("map")),
-    _Family("minp", "minp", "reid", True, lambda m: _reid_getter("minp")),
-    _Family("rankK", rf"rank{_K}", "reid", True, lambda m: _reid_getter(f"rank{m['k']}")),
-    _Family("cmc@K", rf"cmc@{_K}", "reid", True, lambda m: _reid_getter(f"rank{m['k']}")),
+    _Family("map", "map", "reid", True, lambda m: _result_getter("map")),
+    _Family("minp", "minp", "reid", True, lambda m: _result_getter("minp")),
+    _Family("rankK", rf"rank{_K}", "reid", True, lambda m: _result_getter(f"rank{m['k']}")),
+    _Family("cmc@K", rf"cmc@{_K}", "reid", True, lambda m: _result_getter(f"rank{m['k']}")),
+    _Family("rsum", "rsum", "retrieval", True, lambda m: _result_getter("rsum")),
+    _Family("i2t_r@K", rf"i2t_r@{_K}", "retrieval", True, lambda m: _result_getter(f"i2t_r@{m['k']}")),
+    _Family("t2i_r@K", rf"t2i_r@{_K}", "retrieval", True, lambda m: _result_getter(f"t2i_r@{m['k']}")),
+    _Family("i2t_map", "i2t_map", "retrieval", True, lambda m: _result_getter("i2t_map")),
+    _Family("t2i_map", "t2i_map", "retrieval", True, lambda m: _result_getter("t2i_map")),
 )
 
 

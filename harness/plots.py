@@ -33,6 +33,8 @@ def cv_plots(run_dir: Path, dataset, oof: np.ndarray, histories: dict[int, list[
     - ``<table>.png`` for every ``table/row/column`` value of the families' ``explain()`` (e.g.
       routing weights per genre and expert): a heatmap of its mean over the folds.
     - ``oof_scatter.png`` (regression): out-of-fold prediction against the truth.
+    - ``confusion_matrix.png`` (classification): out-of-fold predicted class per true class,
+      each row normalised to 1.
     """
     paths = [_learning_curves(run_dir / "learning_curves.png", histories, metric)]
     tables: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -54,6 +56,9 @@ def cv_plots(run_dir: Path, dataset, oof: np.ndarray, histories: dict[int, list[
         paths.append(_grouped_series(run_dir / f"{group}.png", histories, group, sorted(names)))
     if dataset.task == TaskType.REGRESSION:
         paths.append(_oof_scatter(run_dir / "oof_scatter.png", dataset.train[dataset.target_col].to_numpy(), oof))
+    if dataset.task == TaskType.CLASSIFICATION:
+        paths.append(_confusion(run_dir / "confusion_matrix.png", dataset.train[dataset.target_col].to_numpy(),
+                                np.asarray(oof).argmax(axis=1), dataset.meta.get("classes")))  # fmt: skip
     return paths
 
 
@@ -114,6 +119,25 @@ def _heatmap(path: Path, title: str, cells: dict[tuple[str, str], float]) -> Pat
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                 color="white" if value < np.nanmean(values) else "black")  # fmt: skip
     ax.set_title(f"{title} (mean over folds)")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return _save(fig, path)
+
+
+def _confusion(path: Path, truth: np.ndarray, predicted: np.ndarray, classes) -> Path:
+    from sklearn.metrics import confusion_matrix
+
+    n = len(classes) if classes is not None else int(max(truth.max(), predicted.max())) + 1
+    names = [str(c) for c in classes] if classes is not None else [str(c) for c in range(n)]
+    counts = confusion_matrix(truth, predicted, labels=range(n)).astype(float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * n, 1.2 + 0.4 * n))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    if n <= 20:
+        for (i, j), value in np.ndenumerate(rates):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if value > 0.5 else "black")
+    ax.set(title="out-of-fold confusion (rows: true class)", xlabel="predicted", ylabel="true")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     return _save(fig, path)
 

@@ -1,9 +1,9 @@
 """Model families: the contract the core relies on, and a registry by name.
 
 A family module states a config dataclass and a small entry function that builds the family from
-it, registered with :func:`register_model`. Third-party packages plug in through the
-``moe_harness.models`` entry-point group: loading the entry point imports the module, whose
-decorators register its families.
+it, registered with :func:`register_model`. Every family, built-in or third-party, is found through
+the ``moe_harness.models`` entry-point group (``pyproject.toml``): loading the entry point imports
+the module, whose decorators register its families.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class FitContext:
     device: str  # resolved torch device string
     seed: int  # this fold's seed
     fold: int  # fold index, for logging
-    workdir: Path  # fold-private scratch space (checkpoints)
+    workdir: Path  # fold-private space (checkpoints); PNG figures written here are logged with the run
     cache_dir: Path  # shared across folds and runs (feature caches)
     log_metrics: Callable[[dict[str, float], int], None]  # (metrics, step) → tracking
     log: Callable[[str], None] = print
@@ -153,10 +153,11 @@ def _load_families() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    import models  # noqa: F401  (built-in families register on import)
-
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()
         except Exception as exc:  # name the plugin, so the user knows what to fix or uninstall
             raise HarnessError(f"Model plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+    if not _MODELS:
+        raise HarnessError(f"No model family is installed (entry-point group {ENTRY_POINT_GROUP!r}); "
+                           "install the project first: pip install -e .")  # fmt: skip

@@ -1,7 +1,7 @@
 """The one training loop every torch family goes through.
 
 AdamW with decoupled weight decay (none on biases, norms or other 1-D parameters), linear
-warm-up then cosine decay per step, global gradient-norm clipping, early stopping on the
+warm-up then cosine decay per step, optional gradient accumulation, global gradient-norm clipping, early stopping on the
 validation metric in the metric's own direction, and the best weights restored at the end.
 AMP and ``torch.compile`` are used only on CUDA; on CPU the loop is seeded and deterministic.
 
@@ -102,7 +102,10 @@ class Trainer:
             train_data, batch_size=cfg.batch_size, shuffle=True, generator=generator, collate_fn=collate_fn
         )
         optimizer = torch.optim.AdamW(self._param_groups(module), lr=cfg.lr)
-        total_steps = max(1, cfg.epochs * len(loader))
+        accumulate = cfg.grad_accumulation
+        steps_per_epoch = -(-len(loader) // accumulate)  # an epoch's last, shorter group still steps
+        optimizer.zero_grad(set_to_none=True)
+        total_steps = max(1, cfg.epochs * steps_per_epoch)
         warmup_steps = max(1, int(cfg.warmup_ratio * total_steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps)
@@ -117,18 +120,20 @@ class Trainer:
         for epoch in range(1, cfg.epochs + 1):
             module.train()
             total_loss, n_rows = 0.0, 0
-            for batch in loader:
+            for index, batch in enumerate(loader):
                 batch = _to_device(batch, self.device)
+                group = min(accumulate, len(loader) - index // accumulate * accumulate)  # passes in this step
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
                     loss = step_module.training_step(batch)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+                scaler.scale(loss / group).backward()
+                if (index + 1) % accumulate == 0 or index + 1 == len(loader):
+                    if cfg.grad_clip > 0:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
                 rows = _batch_len(batch)
                 total_loss += float(loss.detach()) * rows
                 n_rows += rows

@@ -1,3 +1,1 @@
-"""Built-in model families; importing this package registers them."""
-
-from models import clip_multimodal, hier_moe_rec, popularity, sasrec  # noqa: F401
+"""Built-in model families, one module each, found through the ``moe_harness.models`` entry points."""

@@ -5,18 +5,25 @@ hierarchical MoE recommender, Diff-MoE and the multi-scale re-ID family build on
 instead of each carrying its own copy, so a routing fix or a faster dispatch lands everywhere and
 their auxiliary losses mean the same thing in every report.
 
-- :class:`Expert`: a 2-layer MLP.
-- :class:`Gate`: a linear router with temperature, optional (noisy) top-k and a mask of allowed
-  experts (e.g. an expert whose modality is missing for that row).
-- :class:`MixtureOfExperts`: experts + gate, :math:`y = \\sum_e w_e\\,\\mathrm{expert}_e(x)`, on any
-  leading shape. Dense routing runs every expert with the weights folded into its hidden layer;
-  top-k routing sends each token only to its selected experts.
-- :func:`load_balance_loss` (Switch/GShard), :func:`router_z_loss` (ST-MoE) and
-  :func:`routing_entropy` (reports).
+- :class:`Expert`: a 2-layer MLP (GELU, ReLU or SiLU).
+- :class:`Router`: the routing shared by every router: temperature, optional (noisy) top-k and a
+  mask of allowed experts (e.g. an expert whose modality is missing for that row). Its
+  subclasses only say how a token's logits are computed:
+
+  - :class:`Gate`: a linear router, ``logits = W x + b``.
+  - :class:`AttentiveRouter`: attention-style scoring, ``logits_e = (W_q x) · k_e / sqrt(d)``
+    against learned, orthogonally initialised expert keys (Diff-MoE).
+- :class:`MixtureOfExperts`: experts + router, :math:`y = \\sum_e w_e\\,\\mathrm{expert}_e(x)`, on
+  any leading shape. Dense routing runs every expert with the weights folded into its hidden
+  layer; top-k routing sends each token only to its selected experts.
+- :func:`load_balance_loss` (Switch/GShard), :func:`kl_balance_loss` (KL of the utilisation to
+  uniform), :func:`router_z_loss` (ST-MoE), :func:`squared_usage_loss` (what the Diff-MoE seed
+  calls its z-loss) and :func:`routing_entropy` (reports).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from numbers import Integral, Real
 
@@ -25,15 +32,22 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ACTIVATIONS",
+    "AttentiveRouter",
     "Expert",
     "Gate",
     "GateOutput",
     "MixtureOfExperts",
     "MoEOutput",
+    "Router",
+    "kl_balance_loss",
     "load_balance_loss",
     "router_z_loss",
     "routing_entropy",
+    "squared_usage_loss",
 ]
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}  # the activations an Expert accepts, by name
 
 
 def _check_int(value, name: str, caller: str, low: int, high: int | None = None) -> None:
@@ -53,31 +67,41 @@ def _check_float(value, name: str, caller: str, expected: str, ok) -> None:
         raise ValueError(f"The {name!r} parameter of {caller} must be {expected}. Got {value!r} instead.")
 
 
+def _check_choice(value, name: str, caller: str, choices) -> None:
+    """sklearn-style check of a string argument among ``choices``."""
+    if value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"The {name!r} parameter of {caller} must be one of {options}. Got {value!r} instead.")
+
+
 # ---------------------------------------------------------------------------------------------
-# Expert and gate
+# Expert and routers
 # ---------------------------------------------------------------------------------------------
 
 
 class Expert(nn.Module):
-    """One expert: Linear → GELU → Dropout → Linear.
+    """One expert: Linear → activation → Dropout → Linear.
 
     Args:
         in_dim: input features.
         out_dim: output features.
         hidden_dim: hidden width. Defaults to ``max(in_dim, out_dim)``.
         dropout: dropout on the hidden layer. Defaults to 0.0.
+        activation: ``"gelu"``, ``"relu"`` or ``"silu"`` (:data:`ACTIVATIONS`). Defaults to ``"gelu"``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int | None = None, dropout: float = 0.0):
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int | None = None, dropout: float = 0.0,
+                 activation: str = "gelu"):  # fmt: skip
         super().__init__()
         _check_int(in_dim, "in_dim", "Expert", 1)
         _check_int(out_dim, "out_dim", "Expert", 1)
         if hidden_dim is not None:
             _check_int(hidden_dim, "hidden_dim", "Expert", 1)
         _check_float(dropout, "dropout", "Expert", "a float in the range [0, 1)", lambda p: 0 <= p < 1)
+        _check_choice(activation, "activation", "Expert", tuple(ACTIVATIONS))
         hidden_dim = hidden_dim or max(in_dim, out_dim)
         self.fc1 = nn.Linear(in_dim, hidden_dim)
-        self.act = nn.GELU()
+        self.act = ACTIVATIONS[activation]()
         self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden_dim, out_dim)
 
@@ -87,15 +111,20 @@ class Expert(nn.Module):
 
 @dataclass
 class GateOutput:
-    """What a :class:`Gate` returns; all three are ``[..., n_experts]``."""
+    """What a router returns: ``weights``, ``logits`` and ``probs`` are ``[..., n_experts]``."""
 
     weights: torch.Tensor  # routing weights used to mix the experts; sum to 1, exactly 0 off the top-k
     logits: torch.Tensor  # router logits before temperature and noise (masked experts -inf): for router_z_loss
     probs: torch.Tensor  # full softmax before top-k truncation: for load_balance_loss
+    indices: torch.Tensor | None = None  # [..., k] the top-k experts, largest first; None for dense routing
 
 
-class Gate(nn.Module):
-    """Linear router: ``softmax(logits / temperature)``, optionally truncated to the top-k experts.
+class Router(nn.Module):
+    """Base of the routers: ``softmax(logits / temperature)``, optionally truncated to the top-k experts.
+
+    A subclass computes a token's logits in :meth:`score`; everything after that (temperature,
+    noise, mask, top-k) is :meth:`route`, shared, so :class:`MixtureOfExperts` dispatches and the
+    routing losses read every router the same way.
 
     Use a temperature below 1 for sharper (more specialised) routing, ``top_k`` for sparse routing
     (each row only pays for k experts in :class:`MixtureOfExperts`) and ``noise_std`` for noisy
@@ -104,7 +133,8 @@ class Gate(nn.Module):
     ``mask`` (bool ``[..., n_experts]``, broadcastable to the logits, True = allowed) removes
     experts per row, e.g. the expert of a modality the row does not have: their logits become
     ``-inf`` and their weights exactly 0. Every row needs at least one allowed expert; when fewer
-    than ``top_k`` are allowed, the row uses the allowed ones only.
+    than ``top_k`` are allowed, the row uses the allowed ones only (``indices`` then also lists
+    masked experts, with weight 0).
 
     .. note:: With ``top_k=1`` the kept weight is always exactly 1, so the task loss gives the router
        no gradient and it learns from the auxiliary losses alone (Switch Transformer scales by the
@@ -125,20 +155,25 @@ class Gate(nn.Module):
     def __init__(self, in_dim: int, n_experts: int, temperature: float = 1.0, top_k: int | None = None,
                  noise_std: float = 0.0):  # fmt: skip
         super().__init__()
-        _check_int(in_dim, "in_dim", "Gate", 1)
-        _check_int(n_experts, "n_experts", "Gate", 1)
-        _check_float(temperature, "temperature", "Gate", "a float > 0", lambda t: t > 0)
+        caller = type(self).__name__
+        _check_int(in_dim, "in_dim", caller, 1)
+        _check_int(n_experts, "n_experts", caller, 1)
+        _check_float(temperature, "temperature", caller, "a float > 0", lambda t: t > 0)
         if top_k is not None:
-            _check_int(top_k, "top_k", "Gate", 1, n_experts)
-        _check_float(noise_std, "noise_std", "Gate", "a float >= 0", lambda s: s >= 0)
+            _check_int(top_k, "top_k", caller, 1, n_experts)
+        _check_float(noise_std, "noise_std", caller, "a float >= 0", lambda s: s >= 0)
+        self.in_dim = in_dim
         self.n_experts = n_experts
         self.temperature = float(temperature)
         self.top_k = top_k
         self.noise_std = float(noise_std)
-        self.proj = nn.Linear(in_dim, n_experts)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Router logits ``[..., n_experts]`` of inputs ``[..., in_dim]``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement score(x) -> logits")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> GateOutput:
-        return self.route(self.proj(x), mask)
+        return self.route(self.score(x), mask)
 
     def route(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> GateOutput:
         """Temperature, noise, mask and top-k applied to logits computed elsewhere.
@@ -147,14 +182,15 @@ class Gate(nn.Module):
         ``[user; item]`` features evaluated for every (user, item) pair is ``user @ W_u.T`` plus
         ``item @ W_i.T`` broadcast, with ``W_u, W_i`` slices of ``proj.weight``.
         """
+        caller = f"{type(self).__name__}.forward"
         if mask is not None:
             if mask.dtype != torch.bool:
-                raise TypeError(f"The 'mask' argument of Gate.forward must be a bool tensor (True = allowed). "
+                raise TypeError(f"The 'mask' argument of {caller} must be a bool tensor (True = allowed). "
                                 f"Got dtype {mask.dtype} instead.")  # fmt: skip
             mask = mask.to(logits.device).expand_as(logits)
             if not bool(mask.any(-1).all()):
                 rows = (~mask.any(-1)).nonzero()[:5].tolist()
-                raise ValueError(f"The 'mask' argument of Gate.forward leaves no allowed expert in some rows "
+                raise ValueError(f"The 'mask' argument of {caller} leaves no allowed expert in some rows "
                                  f"(at index {rows}, at most 5 shown); every row needs at least one True.")  # fmt: skip
             logits = logits.masked_fill(~mask, float("-inf"))
         routing = logits
@@ -162,19 +198,77 @@ class Gate(nn.Module):
             routing = logits + torch.randn_like(logits) * self.noise_std
         routing = routing / self.temperature
         probs = routing.softmax(-1)
-        if self.top_k is None or self.top_k == self.n_experts:
+        if self.top_k is None:
+            return GateOutput(weights=probs, logits=logits, probs=probs)
+        # Softmax over the k largest logits = their probs renormalised; -inf (masked) picks get 0.
+        top_logits, top_index = routing.topk(self.top_k, dim=-1)
+        if self.top_k == self.n_experts:
             weights = probs
         else:
-            # Softmax over the k largest logits = their probs renormalised; -inf (masked) picks get 0.
-            top_logits, top_index = routing.topk(self.top_k, dim=-1)
             weights = torch.zeros_like(probs).scatter(-1, top_index, top_logits.softmax(-1))
-        return GateOutput(weights=weights, logits=logits, probs=probs)
+        return GateOutput(weights=weights, logits=logits, probs=probs, indices=top_index)
 
     def extra_repr(self) -> str:
         return (
             f"n_experts={self.n_experts}, temperature={self.temperature}, top_k={self.top_k}, "
             f"noise_std={self.noise_std}"
         )
+
+
+class Gate(Router):
+    """Linear router: ``logits = proj(x)``, then :meth:`Router.route`.
+
+    Args: those of :class:`Router`.
+    """
+
+    def __init__(self, in_dim: int, n_experts: int, temperature: float = 1.0, top_k: int | None = None,
+                 noise_std: float = 0.0):  # fmt: skip
+        super().__init__(in_dim, n_experts, temperature, top_k, noise_std)
+        self.proj = nn.Linear(in_dim, n_experts)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class AttentiveRouter(Router):
+    """Attention-style router (Diff-MoE): a token's query against one learned key per expert.
+
+    .. math:: \\mathrm{logits}_e(x) = \\frac{(W_q x) \\cdot k_e}{\\sqrt{d_k}}
+
+    then temperature, training-mode noise and top-k exactly as :class:`Router` (so
+    :class:`MixtureOfExperts` and the routing losses treat it like a :class:`Gate`). The expert
+    keys ``keys [n_experts, key_dim]`` start orthonormal (``nn.init.orthogonal_``), so at
+    initialisation no two experts compete for the same query direction; with more experts than
+    ``key_dim`` the columns are orthonormal instead (rows cannot all be).
+
+    Args:
+        in_dim: features the router sees.
+        n_experts: number of experts routed over.
+        temperature: divides the logits before the softmax; must be > 0. Defaults to 1.0.
+        top_k: experts per token; None for dense. Defaults to None.
+        noise_std: std of the Gaussian noise on the logits in training mode. Defaults to 0.0.
+        key_dim: width of the queries and keys. Defaults to ``in_dim``.
+    """
+
+    def __init__(self, in_dim: int, n_experts: int, temperature: float = 1.0, top_k: int | None = None,
+                 noise_std: float = 0.0, key_dim: int | None = None):  # fmt: skip
+        super().__init__(in_dim, n_experts, temperature, top_k, noise_std)
+        if key_dim is not None:
+            _check_int(key_dim, "key_dim", "AttentiveRouter", 1)
+        self.key_dim = key_dim or in_dim
+        self.query = nn.Linear(in_dim, self.key_dim)
+        self.keys = nn.Parameter(torch.empty(n_experts, self.key_dim))
+        self.reset_keys()
+
+    def reset_keys(self) -> None:
+        """Orthonormal expert keys (rows, or columns when ``n_experts > key_dim``)."""
+        nn.init.orthogonal_(self.keys)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return self.query(x) @ self.keys.t() / math.sqrt(self.key_dim)
+
+    def extra_repr(self) -> str:
+        return f"key_dim={self.key_dim}, " + super().extra_repr()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,12 +278,13 @@ class Gate(nn.Module):
 
 @dataclass
 class MoEOutput:
-    """What :class:`MixtureOfExperts` returns: the mixed output and the gate's tensors."""
+    """What :class:`MixtureOfExperts` returns: the mixed output and the router's tensors."""
 
     output: torch.Tensor  # [..., out_dim]
     weights: torch.Tensor  # [..., n_experts] routing weights (exactly 0 where a row skipped an expert)
     logits: torch.Tensor  # [..., n_experts] for router_z_loss
     probs: torch.Tensor  # [..., n_experts] for load_balance_loss
+    indices: torch.Tensor | None = None  # [..., k] the router's top-k experts; None for dense routing
 
 
 class MixtureOfExperts(nn.Module):
@@ -225,18 +320,26 @@ class MixtureOfExperts(nn.Module):
         dropout: dropout inside the experts. Defaults to 0.0.
         gate_in_dim: features the gate routes on when they differ from the experts' input (pass
             them as ``gate_input``). Defaults to ``in_dim`` (route on ``x``).
+        router: ``"linear"`` (:class:`Gate`) or ``"attentive"`` (:class:`AttentiveRouter`, keys of
+            width ``gate_in_dim``); the dispatch and the losses are the same for both. Defaults to
+            ``"linear"``.
+        activation: the experts' activation, a key of :data:`ACTIVATIONS`. Defaults to ``"gelu"``.
     """
 
     dense_impl: str = "auto"  # "auto" | "per_expert" | "concat"; see the class docstring
+    routers = {"linear": Gate, "attentive": AttentiveRouter}  # the router classes by name
 
     def __init__(self, in_dim: int, out_dim: int, n_experts: int, hidden_dim: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None, noise_std: float = 0.0,
-                 dropout: float = 0.0, gate_in_dim: int | None = None):  # fmt: skip
+                 dropout: float = 0.0, gate_in_dim: int | None = None, router: str = "linear",
+                 activation: str = "gelu"):  # fmt: skip
         super().__init__()
         _check_int(n_experts, "n_experts", "MixtureOfExperts", 1)
+        _check_choice(router, "router", "MixtureOfExperts", tuple(self.routers))
         self.in_dim, self.out_dim, self.n_experts = in_dim, out_dim, n_experts
-        self.experts = nn.ModuleList(Expert(in_dim, out_dim, hidden_dim, dropout) for _ in range(n_experts))
-        self.gate = Gate(in_dim if gate_in_dim is None else gate_in_dim, n_experts, temperature, top_k, noise_std)
+        self.experts = nn.ModuleList(Expert(in_dim, out_dim, hidden_dim, dropout, activation) for _ in range(n_experts))
+        gate_dim = in_dim if gate_in_dim is None else gate_in_dim
+        self.gate = self.routers[router](gate_dim, n_experts, temperature, top_k, noise_std)
 
     @property
     def top_k(self) -> int | None:
@@ -266,7 +369,7 @@ class MixtureOfExperts(nn.Module):
         weights = gate.weights.reshape(-1, self.n_experts)
         output = self._sparse(tokens, weights) if self.sparse else self._dense(tokens, weights)
         return MoEOutput(output=output.reshape(*lead, self.out_dim), weights=gate.weights, logits=gate.logits,
-                         probs=gate.probs)  # fmt: skip
+                         probs=gate.probs, indices=gate.indices)  # fmt: skip
 
     def _dense(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Every expert on every token; ``Σ_e w_e (h_e W2_e + b2_e)`` with the weights folded into ``h_e``."""
@@ -319,6 +422,16 @@ class MixtureOfExperts(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def _assignment_fraction(probs: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Fraction ``[E]`` of token assignments per expert (top-1 of ``probs``, or nonzero ``weights``), detached."""
+    n_experts = probs.shape[-1]
+    if weights is None:
+        assigned = F.one_hot(probs.argmax(-1), n_experts).to(probs.dtype)
+    else:
+        assigned = (weights.reshape(-1, n_experts) != 0).to(probs.dtype)
+    return (assigned.sum(0) / assigned.sum().clamp(min=1)).detach()
+
+
 def load_balance_loss(probs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Switch/GShard auxiliary loss that pushes the router to spread tokens over all experts.
 
@@ -337,12 +450,36 @@ def load_balance_loss(probs: torch.Tensor, weights: torch.Tensor | None = None) 
     """
     n_experts = probs.shape[-1]
     probs = probs.reshape(-1, n_experts)
-    if weights is None:
-        assigned = F.one_hot(probs.argmax(-1), n_experts).to(probs.dtype)
-    else:
-        assigned = (weights.reshape(-1, n_experts) != 0).to(probs.dtype)
-    fraction = assigned.sum(0) / assigned.sum().clamp(min=1)
-    return n_experts * (fraction.detach() * probs.mean(0)).sum()
+    return n_experts * (_assignment_fraction(probs, weights) * probs.mean(0)).sum()
+
+
+def kl_balance_loss(probs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """KL divergence of the expert utilisation from uniform (the Diff-MoE seed's load balance).
+
+    .. math:: L = \\mathrm{KL}(f \\,\\|\\, U) = \\sum_{e=1}^{E} f_e \\log(E f_e)
+
+    with :math:`f_e` the fraction of assignments that went to expert e, counted as in
+    :func:`load_balance_loss` (top-1, or every nonzero weight), and ``0·log 0 = 0``. :math:`L = 0`
+    exactly at uniform utilisation, :math:`\\log E` when every token goes to one expert.
+
+    The counts have no gradient, so, as Switch does with :math:`f_e P_e`, the gradient flows
+    through the mean router probabilities :math:`P_e`: the loss is
+    :math:`\\mathrm{KL}(f\\|U) + \\sum_e \\log(E f_e)\\,(P_e - \\mathrm{sg}(P_e))`, whose value is the
+    KL above and whose gradient is that of :math:`\\mathrm{KL}(u\\|U)` at :math:`u = f` applied to
+    :math:`P` (a straight-through estimate; the ``+1`` of :math:`\\partial/\\partial u_e` drops out
+    as the :math:`P_e` sum to 1). Over-used experts (:math:`f_e > 1/E`) are pushed down, under-used
+    ones up; an unused expert's :math:`f_e` is clamped at 1e-6 in the log so its push stays finite.
+
+    Args:
+        probs: full router probabilities ``[..., E]`` (``GateOutput.probs``).
+        weights: routing weights ``[..., E]`` (``GateOutput.weights``); None: count top-1.
+    """
+    n_experts = probs.shape[-1]
+    probs = probs.reshape(-1, n_experts)
+    fraction = _assignment_fraction(probs, weights)
+    log_ratio = torch.log(fraction.clamp(min=1e-6) * n_experts)
+    mean_probs = probs.mean(0)
+    return (fraction * log_ratio).sum() + (log_ratio * (mean_probs - mean_probs.detach())).sum()
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -352,6 +489,21 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     size without changing which expert wins. Masked (``-inf``) logits are ignored by logsumexp.
     """
     return torch.logsumexp(logits, dim=-1).square().mean()
+
+
+def squared_usage_loss(probs: torch.Tensor) -> torch.Tensor:
+    """``E · mean_e(P_e^2)``, :math:`P_e` the mean router probability of expert e: a soft usage balance.
+
+    What the Diff-MoE seed calls its "z-loss" (``compute_z_loss``); despite the name it does not
+    regularise the logits' size (that is :func:`router_z_loss`) but how unevenly the probability
+    mass is spread: :math:`1/E` at uniform mean probabilities, 1 when one expert takes all of it.
+    Leading dims are flattened.
+
+    Args:
+        probs: full router probabilities ``[..., E]`` (``GateOutput.probs``).
+    """
+    n_experts = probs.shape[-1]
+    return n_experts * probs.reshape(-1, n_experts).mean(0).square().mean()
 
 
 def routing_entropy(weights: torch.Tensor) -> torch.Tensor:

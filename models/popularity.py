@@ -14,8 +14,7 @@ import pandas as pd
 import torch
 
 from harness.config import NON_NEGATIVE, check_fields
-from harness.ranking import popularity_scores
-from harness.recommender import SequentialRecommender, training_sequences
+from harness.tasks.recommendation import SequentialRecommender, popularity_scores, training_sequences
 from harness.registry import FitContext, register_model
 from harness.tasks import TaskType
 

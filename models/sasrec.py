@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 
 from harness.config import FRACTION, POSITIVE_INT, check_fields
 from harness.errors import HarnessError
-from harness.recommender import SequentialRecommender, pad_left, training_sequences
+from harness.tasks.recommendation import SequentialRecommender, pad_left, training_sequences
 from harness.registry import FitContext, register_model
 from harness.tasks import TaskType
 from harness.trainer import Trainer

@@ -58,14 +58,18 @@ class Dataset:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Hash of both frames, of the side tables in ``meta`` (e.g. an item catalogue), of the
-        media files they point to (relative path, size, mtime) and of the reader ``options``.
+        """Hash of both frames, of the side tables and arrays in ``meta`` (e.g. an item catalogue,
+        array-backed images), of the media files they point to (relative path, size, mtime) and of
+        the reader ``options``.
 
         Keys fold files and feature caches and is logged with every run: moving the data
-        directory keeps it, replacing a thumbnail or reading with another protocol option (e.g.
-        MovieLens' ``tie_order``) changes it.
+        directory keeps it, replacing a thumbnail, changing one pixel of an image array or reading
+        with another protocol option (e.g. MovieLens' ``tie_order``) changes it.
         """
         side = [value for _, value in sorted(self.meta.items()) if isinstance(value, pd.DataFrame)]
+        arrays = {key: _array_digest(v) for key, v in sorted(self.meta.items()) if isinstance(v, np.ndarray)}
+        if arrays:
+            side.append(pd.DataFrame({"array": list(arrays), "digest": list(arrays.values())}))
         if self.options:
             side.append(pd.DataFrame({"option": list(self.options), "value": [repr(v) for v in self.options.values()]}))
         return frame_fingerprint(*(self._portable(frame) for frame in (self.train, self.test, *side)))
@@ -207,6 +211,13 @@ def frame_fingerprint(*frames: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+def _array_digest(array: np.ndarray) -> str:
+    """Bytes, shape and dtype of an array, so equal bytes read at another shape differ."""
+    digest = hashlib.sha256(np.ascontiguousarray(array).tobytes())
+    digest.update(f"{array.shape}:{array.dtype.str}".encode())
+    return digest.hexdigest()
+
+
 def _import_builtin_datasets() -> None:
     # Built-in datasets register themselves on import.
-    from harness.data import movielens, views  # noqa: F401
+    from harness.data import flickr8k, images, movielens, views  # noqa: F401

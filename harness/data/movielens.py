@@ -162,7 +162,7 @@ def read_movielens(
             repeats until every user and movie meets its threshold.
         sampled_negatives: negatives per target in the ``_sampled`` evaluation protocol (default 100).
         negative_sampling: ``"uniform"`` (default) or ``"popularity"``: how those negatives are drawn
-            (see :class:`harness.ranking.SampledProtocol`).
+            (see :class:`harness.tasks.recommendation.SampledProtocol`).
         tie_order: order of one user's interactions with equal timestamps: ``"file"`` (default, the
             ratings file's row order) or ``"item_id"`` (ascending raw movie id).
     """

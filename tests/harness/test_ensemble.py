@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import Ridge
 
-from harness import ensemble
+from harness import blending, ensemble
 from harness.errors import HarnessError
 from harness.metrics import mean_squared_log_error
 
@@ -16,17 +16,17 @@ P = np.array([[1.0, 4.0, 2.0, 8.0], [3.0, 2.0, 6.0, 10.0], [2.0, 9.0, 1.0, 6.0]]
 
 
 def test_mean_median_weighted_by_hand():
-    np.testing.assert_allclose(ensemble.mean(P), [2.0, 5.0, 3.0, 8.0])
-    np.testing.assert_allclose(ensemble.median(P), [2.0, 4.0, 2.0, 8.0])
+    np.testing.assert_allclose(blending.mean(P), [2.0, 5.0, 3.0, 8.0])
+    np.testing.assert_allclose(blending.median(P), [2.0, 4.0, 2.0, 8.0])
     # weights 2:1:1 normalise to 0.5, 0.25, 0.25
     expected = [0.5 * 1 + 0.25 * 3 + 0.25 * 2, 0.5 * 4 + 0.25 * 2 + 0.25 * 9, 0.5 * 2 + 0.25 * 6 + 0.25 * 1, 8.0]
-    np.testing.assert_allclose(ensemble.weighted_mean(P, [2, 1, 1]), expected)
+    np.testing.assert_allclose(blending.weighted_mean(P, [2, 1, 1]), expected)
 
 
 @pytest.mark.parametrize("weights", [[0.5, 0.5], [1, -1, 1], [0, 0, 0], [1, np.nan, 1]])
 def test_bad_weights_are_refused(weights):
     with pytest.raises(HarnessError):
-        ensemble.weighted_mean(P, weights)
+        blending.weighted_mean(P, weights)
 
 
 def test_rank_mean_by_hand():
@@ -34,10 +34,10 @@ def test_rank_mean_by_hand():
     #   m0 [1,4,2,8] -> [0, 2/3, 1/3, 1]; m1 [3,2,6,10] -> [1/3, 0, 2/3, 1]; m2 [2,9,1,6] -> [1/3, 1, 0, 2/3]
     # mean ranks [2/9, 5/9, 1/3, 8/9]; mean prediction [2,5,3,8] sorted [2,3,5,8] at [0,1/3,2/3,1]
     # interp: 2/9 -> 2 + (2/9)/(1/3)*(3-2) = 8/3; 5/9 -> 3 + (2/9)/(1/3)*2 = 13/3; 1/3 -> 3; 8/9 -> 5 + (2/9)/(1/3)*3 = 7
-    np.testing.assert_allclose(ensemble.rank_mean(P), [8 / 3, 13 / 3, 3.0, 7.0])
+    np.testing.assert_allclose(blending.rank_mean(P), [8 / 3, 13 / 3, 3.0, 7.0])
     # members that agree on the order give the mean's values in that order
     agree = np.array([[1.0, 3.0, 2.0], [10.0, 30.0, 20.0]])
-    np.testing.assert_allclose(ensemble.rank_mean(agree), [5.5, 16.5, 11.0])
+    np.testing.assert_allclose(blending.rank_mean(agree), [5.5, 16.5, 11.0])
 
 
 def _members_and_target(seed, n=60, m=3):
@@ -51,7 +51,7 @@ def test_stacking_with_ridge_matches_a_manual_per_fold_fit_and_does_not_leak():
     P_oof, y = _members_and_target(0)
     P_test, _ = _members_and_target(1, n=10)
     folds = np.arange(60) % 3
-    oof, test, _ = ensemble.stack(P_oof, y, folds, P_test, "ridge", log_space=True)
+    oof, test, _ = blending.stack(P_oof, y, folds, P_test, "ridge", log_space=True)
     X, t = np.log1p(P_oof.T), np.log1p(y)
     for k in range(3):
         model = Ridge(alpha=1.0).fit(X[folds != k], t[folds != k])
@@ -61,7 +61,7 @@ def test_stacking_with_ridge_matches_a_manual_per_fold_fit_and_does_not_leak():
     # changing fold 1's own targets changes nothing in fold 1's stacked predictions
     y2 = y.copy()
     y2[folds == 1] *= 7.0
-    oof2, _, _ = ensemble.stack(P_oof, y2, folds, P_test, "ridge", log_space=True)
+    oof2, _, _ = blending.stack(P_oof, y2, folds, P_test, "ridge", log_space=True)
     np.testing.assert_allclose(oof2[folds == 1], oof[folds == 1])
     assert not np.allclose(oof2[folds != 1], oof[folds != 1])
 
@@ -69,8 +69,8 @@ def test_stacking_with_ridge_matches_a_manual_per_fold_fit_and_does_not_leak():
 def test_stacking_with_lightgbm_is_deterministic():
     P_oof, y = _members_and_target(2)
     folds = np.arange(60) % 2
-    a = ensemble.stack(P_oof, y, folds, P_oof[:, :5], "lightgbm", log_space=True)
-    b = ensemble.stack(P_oof, y, folds, P_oof[:, :5], "lightgbm", log_space=True)
+    a = blending.stack(P_oof, y, folds, P_oof[:, :5], "lightgbm", log_space=True)
+    b = blending.stack(P_oof, y, folds, P_oof[:, :5], "lightgbm", log_space=True)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert (a[0] >= 0).all() and a[1].shape == (5,)
@@ -79,24 +79,24 @@ def test_stacking_with_lightgbm_is_deterministic():
 @pytest.mark.parametrize("seed", range(5))
 def test_optimised_weights_never_lose_to_the_best_member(seed):
     P_oof, y = _members_and_target(seed, m=2 + seed % 3)
-    w = ensemble.optimize_weights(P_oof, lambda p: mean_squared_log_error(y, p))
+    w = blending.optimize_weights(P_oof, lambda p: mean_squared_log_error(y, p))
     assert (w >= 0).all() and w.sum() == pytest.approx(1.0)
     best = min(mean_squared_log_error(y, p) for p in P_oof)
-    assert mean_squared_log_error(y, ensemble.weighted_mean(P_oof, w)) <= best + 1e-12
+    assert mean_squared_log_error(y, blending.weighted_mean(P_oof, w)) <= best + 1e-12
 
 
 def test_optimised_weights_maximise_when_greater_is_better():
     P_oof, y = _members_and_target(3)
     score = lambda p: -mean_squared_log_error(y, p)  # noqa: E731
-    w = ensemble.optimize_weights(P_oof, score, greater_is_better=True)
-    assert score(ensemble.weighted_mean(P_oof, w)) >= max(score(p) for p in P_oof) - 1e-12
+    w = blending.optimize_weights(P_oof, score, greater_is_better=True)
+    assert score(blending.weighted_mean(P_oof, w)) >= max(score(p) for p in P_oof) - 1e-12
 
 
 def test_classification_probabilities_blend_row_wise():
     probs = np.array([[[0.7, 0.3], [0.2, 0.8]], [[0.5, 0.5], [0.4, 0.6]]])  # [M=2, N=2, C=2]
-    oof, test, _ = ensemble.blend("mean", probs, probs)
+    oof, test, _ = blending.blend("mean", probs, probs)
     np.testing.assert_allclose(oof, [[0.6, 0.4], [0.3, 0.7]])
-    oof, _, _ = ensemble.blend("rank_mean", probs, probs)
+    oof, _, _ = blending.blend("rank_mean", probs, probs)
     np.testing.assert_allclose(oof.sum(axis=1), 1.0)
 
 

@@ -8,8 +8,8 @@ import torch
 
 from harness.errors import HarnessError
 from harness.metrics import UNRANKED, get_metric, ndcg_at_k, ranks_from_topn, target_ranks
-from harness.ranking import Recommendations, SampledProtocol, full_ranking, fuse, item_counts
-from harness.recommender import pad_left, training_sequences
+from harness.tasks.recommendation import (Recommendations, SampledProtocol, full_ranking, fuse, item_counts, pad_left,
+                                          training_sequences)
 from harness.tasks import TaskType, get_task_adapter
 
 

@@ -39,6 +39,54 @@ def test_classification_adapter_uses_probabilities(regression_dataset):
     assert adapter.submission(dataset, frame["id"], proba)["label"].tolist() == ["cat", "dog", "dog", "dog", "bird", "cat"]
 
 
-def test_tasks_without_an_adapter_say_so():
+def test_tasks_without_an_adapter_say_so():  # re-identification arrives with its family
     with pytest.raises(NotImplementedError, match="reid"):
         get_task_adapter(TaskType.REID)
+
+
+def _classification(regression_dataset, labels, n_classes=3):
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(len(labels))], "label": labels})
+    return dataclasses.replace(
+        regression_dataset, task=TaskType.CLASSIFICATION, train=frame, target_col="label",
+        meta={"n_classes": n_classes, "classes": [f"c{c}" for c in range(n_classes)]},
+    ), frame  # fmt: skip
+
+
+def test_classification_report_matches_scikit_learn(regression_dataset):
+    from sklearn.metrics import f1_score, log_loss, top_k_accuracy_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 8, 200)
+    dataset, frame = _classification(regression_dataset, labels, 8)
+    proba = rng.dirichlet(np.ones(8), 200)
+    report = get_task_adapter(TaskType.CLASSIFICATION).report(dataset, frame, proba)
+    assert report["accuracy"] == pytest.approx(accuracy_score(labels, proba.argmax(1)))
+    assert report["macro_f1"] == pytest.approx(f1_score(labels, proba.argmax(1), average="macro"))
+    assert report["log_loss"] == pytest.approx(log_loss(labels, proba, labels=range(8)))
+    assert report["top5_accuracy"] == pytest.approx(top_k_accuracy_score(labels, proba, k=5, labels=range(8)))
+
+
+def test_classification_blends_probabilities_and_stacks_with_a_classifier(regression_dataset):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 300)
+    dataset, frame = _classification(regression_dataset, labels)
+    truth = np.eye(3)[labels]
+    members = [0.6 * truth + 0.4 * rng.dirichlet(np.ones(3), 300) for _ in range(2)]
+    adapter, folds = get_task_adapter(TaskType.CLASSIFICATION), np.arange(300) % 3
+    common = dict(dataset=dataset, rows=frame, metric=get_metric("log_loss"), folds=folds)
+    oof, test, _ = adapter.blend("mean", members, members, **common)
+    assert np.allclose(oof, (members[0] + members[1]) / 2) and np.allclose(test.sum(axis=1), 1)
+    oof, test, _ = adapter.blend("median", members, members, **common)
+    assert np.allclose(oof.sum(axis=1), 1)
+    oof, test, weights = adapter.blend("stacking", members, members, **common)
+    assert oof.shape == (300, 3) and np.allclose(oof.sum(axis=1), 1) and weights is None
+    assert adapter.score(get_metric("accuracy"), dataset, frame, oof) > 0.9
+    round_trip = adapter.from_frame(adapter.to_frame(frame["id"], members[0], "fold_0"), "fold_0")
+    assert np.array_equal(round_trip, members[0])
+
+
+def test_macro_f1_hand_worked():
+    from harness.metrics import macro_f1
+
+    # class 0: tp 1, fp 0, fn 1 -> 2/3; class 1: tp 1, fp 1, fn 1 -> 1/2; class 2: predicted only -> 0
+    assert macro_f1([0, 0, 1, 1], [0, 1, 1, 2]) == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)

@@ -67,6 +67,23 @@ def test_same_seed_gives_identical_weights():
     assert torch.equal(a.layer.weight, b.layer.weight)
 
 
+def test_gradient_accumulation_equals_one_larger_batch():
+    # 256 rows: batches of 16 accumulated 2 at a time see the same 32-row groups as batches of 32
+    # (one permutation per epoch from the same generator); equal mean losses give equal steps.
+    # 240 rows end with one 16-row pass: alone in its group, it must still make the same step.
+    for n in (256, 240):
+        x, y = _data(n=n)
+        weights = []
+        for batch_size, accumulate in ((32, 1), (16, 2)):
+            torch.manual_seed(0)
+            model = Linear()
+            config = TrainConfig(epochs=2, batch_size=batch_size, grad_accumulation=accumulate, lr=0.05,
+                                 grad_clip=0.0, progress=False)  # fmt: skip
+            Trainer(config, get_metric("mse"), seed=0).fit(model, TensorDataset(x, y), lambda m: 0.0)
+            weights.append(model.layer.weight.detach().clone())
+        assert torch.allclose(weights[0], weights[1], atol=1e-6)
+
+
 def test_early_stopping_restores_the_best_epoch():
     scores = iter([5.0, 3.0, 4.0, 4.5, 6.0, 7.0, 8.0])
     seen = []

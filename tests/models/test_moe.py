@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from models.moe import Expert, Gate, MixtureOfExperts, load_balance_loss, router_z_loss, routing_entropy
+from models.moe import (
+    AttentiveRouter,
+    Expert,
+    Gate,
+    MixtureOfExperts,
+    Router,
+    load_balance_loss,
+    router_z_loss,
+    routing_entropy,
+)
 
 
 def _reference(moe: MixtureOfExperts, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -117,6 +126,32 @@ def test_noise_only_in_training_mode():
     assert torch.equal(gate(x).logits, gate.eval()(x).logits)  # logits are noise-free
 
 
+def test_top_k_indices_are_the_selected_experts_largest_first():
+    torch.manual_seed(0)
+    out = Gate(6, 5, top_k=2)(torch.randn(3, 7, 6))
+    assert out.indices.shape == (3, 7, 2)
+    assert torch.equal(out.indices, out.probs.topk(2, dim=-1).indices)
+    assert torch.equal(torch.zeros_like(out.weights).scatter(-1, out.indices, 1.0) != 0, out.weights != 0)
+    assert Gate(6, 5)(torch.randn(3, 6)).indices is None  # dense
+
+
+def test_attentive_router_routes_like_a_gate_on_scaled_dot_product_logits():
+    torch.manual_seed(0)
+    router = AttentiveRouter(6, 4, top_k=2, temperature=0.5, key_dim=8)
+    assert isinstance(router, Router) and router.keys.shape == (4, 8)
+    assert torch.allclose(router.keys @ router.keys.t(), torch.eye(4), atol=1e-6)  # orthonormal at init
+    x = torch.randn(10, 6)
+    out = router(x)
+    logits = router.query(x) @ router.keys.t() / math.sqrt(8)
+    assert torch.allclose(out.logits, logits, atol=1e-6)
+    assert torch.allclose(out.probs, (logits / 0.5).softmax(-1), atol=1e-6)
+    assert ((out.weights != 0).sum(-1) == 2).all()
+    with pytest.raises(ValueError, match=r"The 'key_dim' parameter of AttentiveRouter must be an int >= 1. Got 0"):
+        AttentiveRouter(6, 4, key_dim=0)
+    with pytest.raises(ValueError, match=r"'top_k' parameter of AttentiveRouter .* range \[1, 4\]. Got 5"):
+        AttentiveRouter(6, 4, top_k=5)
+
+
 # -- losses -------------------------------------------------------------------------------------
 
 
@@ -215,6 +250,30 @@ def test_deterministic_under_a_seed():
         return moe(torch.randn(16, 6)).output
 
     assert torch.equal(run(), run())
+
+
+@pytest.mark.parametrize("top_k", [None, 2])
+def test_mixture_with_the_attentive_router_equals_the_per_token_loop(top_k):
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(6, 3, n_experts=4, hidden_dim=5, top_k=top_k, router="attentive", activation="silu").eval()
+    assert isinstance(moe.gate, AttentiveRouter) and isinstance(moe.experts[0].act, torch.nn.SiLU)
+    x = torch.randn(2, 9, 6)
+    out = moe(x)
+    assert torch.equal(out.weights, moe.gate(x).weights)
+    assert (out.indices is None) == (top_k is None)
+    assert torch.allclose(out.output, _reference(moe, x, out.weights), atol=1e-6)
+    moe.train()
+    out.output.square().mean().backward()
+    assert moe.gate.keys.grad.abs().sum() > 0 and moe.gate.query.weight.grad.abs().sum() > 0
+
+
+def test_bad_router_and_activation_names():
+    with pytest.raises(ValueError, match=r"The 'router' parameter of MixtureOfExperts must be one of 'linear', "
+                                         r"'attentive'. Got 'dot' instead."):  # fmt: skip
+        MixtureOfExperts(6, 2, n_experts=3, router="dot")
+    with pytest.raises(ValueError, match=r"The 'activation' parameter of Expert must be one of 'gelu', 'relu', "
+                                         r"'silu'. Got 'tanh' instead."):  # fmt: skip
+        Expert(6, 2, activation="tanh")
 
 
 def _clusters(seed: int, n: int = 512, d: int = 8, out: int = 4, k: int = 4):

@@ -16,7 +16,7 @@ from harness.data.movielens import generate_movielens, read_movielens
 from harness.errors import HarnessError
 from harness.leaderboard import leaderboard
 from harness.metrics import get_metric
-from harness.ranking import Recommendations
+from harness.tasks.recommendation import Recommendations
 from harness.registry import FitContext, create_model, get_model_entry, list_models
 from harness.tasks import TaskType
 

@@ -1,11 +1,12 @@
-"""Sequential recommendation in the core: the prediction type, full ranking, sampled candidates, scoring.
+"""The ``sequential_recommendation`` task: the prediction type, full ranking, sampled candidates,
+scoring, fusion, the submission, and the family base class.
 
 A prediction of the ``sequential_recommendation`` task is a :class:`Recommendations`: for each
 user, the top-N items over the whole catalogue with the user's history masked (best first, with
 scores) -- the submission --, the target's rank among all candidate items, and, for the
 ``_sampled`` protocol, the scores of a fixed candidate set: the row's target and ``n`` sampled
 negatives. Families never rank: they score users × items
-(:class:`harness.recommender.SequentialRecommender`), and :func:`full_ranking` here ranks in
+(:class:`SequentialRecommender`), and :func:`full_ranking` here ranks in
 memory-bounded batches on the family's device, so every family is evaluated the same way.
 
 Every rank follows the convention of :mod:`harness.metrics` (ties against the target, NaN refused,
@@ -14,6 +15,13 @@ catalogue (:func:`harness.metrics.count_ranks`), so they do not depend on the li
 only lists exist (fused ensembles), :func:`harness.metrics.ranks_from_topn` reads them off the
 list and its scores, exact for every metric@K with K < N. Sampled ranks count the negatives
 scoring at least the target's score.
+
+A family subclasses :class:`SequentialRecommender`, trains in
+:meth:`~SequentialRecommender.fit_recommender` on what :func:`training_sequences` allows, and
+implements :meth:`~SequentialRecommender.score`; prediction and validation scoring are the same
+for every family, so their numbers are comparable. Rows of the frames are users: ``user_id``,
+``history`` (item ids, oldest first), ``target`` (the next item) and ``user_text``;
+``dataset.meta`` has ``n_items`` (0 is padding) and ``items``.
 """
 
 from __future__ import annotations
@@ -21,12 +29,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import abc
+
 import numpy as np
 import pandas as pd
 import torch
 
+from harness.blending import normalise_weights
 from harness.errors import HarnessError
 from harness.metrics import UNRANKED, count_ranks, has_nan, ranking_report, ranks_from_topn, sample_negatives
+from harness.registry import Family, FitContext
+from harness.tasks import TaskType
 
 __all__ = [
     "TOP_N",
@@ -39,7 +52,11 @@ __all__ = [
     "item_counts",
     "popularity_scores",
     "fuse",
-    "RankingTask",
+    "RecommendationTask",
+    "TASK",
+    "SequentialRecommender",
+    "training_sequences",
+    "pad_left",
 ]
 
 TOP_N = 50  # items kept per user: above the largest reported K, with room for fusing fold models
@@ -359,8 +376,10 @@ def _min_max(prediction: Recommendations) -> Recommendations:
 # ----------------------------------------------------------------------------
 
 
-class RankingTask:
-    """Prediction handling of ``sequential_recommendation`` (see :class:`harness.tasks.RowwiseTask`)."""
+class RecommendationTask:
+    """Prediction handling of ``sequential_recommendation`` (the adapter methods of :mod:`harness.tasks`)."""
+
+    fold_blendable = False  # each run's test lists are already its fold models' fusion
 
     def ranks(self, protocol: str, rows: pd.DataFrame, predictions: Recommendations) -> np.ndarray:
         """Each row target's rank under ``protocol`` (``full`` or ``sampled``), by the convention of
@@ -394,8 +413,6 @@ class RankingTask:
 
     def baseline(self, dataset, train: pd.DataFrame, valid: pd.DataFrame) -> Recommendations:
         """Most popular items of the fold's training sequences, the row's history masked."""
-        from harness.recommender import training_sequences
-
         n_items = int(dataset.meta["n_items"])
         popularity = popularity_scores(training_sequences(train, valid), n_items)
         ranking = full_ranking(lambda rows: popularity.expand(len(rows), -1), valid["history"].tolist(), n_items,
@@ -433,6 +450,9 @@ class RankingTask:
     def average(self, predictions: Sequence[Recommendations]) -> Recommendations:
         return fuse(predictions, method="mean")
 
+    def take(self, predictions: Recommendations, index: np.ndarray) -> Recommendations:
+        return predictions.take(index)
+
     def to_frame(self, ids: pd.Series, predictions: Recommendations, name: str = "prediction") -> pd.DataFrame:
         columns = {f"{name}_items": list(predictions.items), f"{name}_scores": list(predictions.scores)}
         if predictions.sampled is not None:
@@ -440,6 +460,30 @@ class RankingTask:
         if predictions.ranks is not None:
             columns[f"{name}_rank"] = predictions.ranks
         return pd.DataFrame({"id": ids.to_numpy(), **columns})
+
+    def from_frame(self, frame: pd.DataFrame, name: str = "prediction") -> Recommendations | None:
+        """The predictions :meth:`to_frame` wrote under ``name``, or ``None`` if the frame has none."""
+        if f"{name}_items" not in frame.columns:
+            return None
+        sampled, rank = f"{name}_sampled", f"{name}_rank"
+        return Recommendations(np.stack(frame[f"{name}_items"]), np.stack(frame[f"{name}_scores"]),
+                               np.stack(frame[sampled]) if sampled in frame.columns else None,
+                               frame[rank].to_numpy() if rank in frame.columns else None)  # fmt: skip
+
+    def blend(self, method: str, oofs: Sequence[Recommendations], tests: Sequence[Recommendations], *,
+              weights=None, **context) -> tuple[Recommendations, Recommendations, list[float] | None]:  # fmt: skip
+        """``mean`` / ``weighted_mean`` fuse min-max-scaled scores over the union of candidates,
+        ``rank_mean`` is reciprocal-rank fusion (see :func:`fuse`)."""
+        if method not in ("mean", "weighted_mean", "rank_mean"):
+            raise HarnessError(
+                f"Recommendation runs blend with mean, weighted_mean or rank_mean (reciprocal-rank fusion), not {method!r}."
+            )
+        if isinstance(weights, str):
+            raise HarnessError("--weights optimize is for row-wise predictions; give recommendation runs explicit weights.")
+        w = None if weights is None else normalise_weights(weights, len(oofs))
+        how = "rrf" if method == "rank_mean" else "mean"
+        fused = [fuse(members, w, method=how, normalise=True) for members in (oofs, tests)]
+        return fused[0], fused[1], None if w is None else [float(x) for x in w]
 
     def submission(self, dataset, ids: pd.Series, predictions: Recommendations) -> pd.DataFrame:
         """``user_id, items``: raw user id and the top :data:`SUBMISSION_K` raw item ids, space-separated."""
@@ -462,3 +506,118 @@ def _target_in_history(rows: pd.DataFrame) -> np.ndarray:
     owner = np.repeat(np.arange(len(rows)), lengths)
     hit = np.concatenate(histories) == rows["target"].to_numpy(np.int64)[owner]
     return np.bincount(owner[hit], minlength=len(rows)) > 0
+
+
+TASK = RecommendationTask()
+
+
+# ----------------------------------------------------------------------------
+# The family base: families score, the core ranks
+# ----------------------------------------------------------------------------
+
+
+def training_sequences(train: pd.DataFrame, valid: pd.DataFrame) -> pd.Series:
+    """What a fold's model may learn from: item sequences (oldest first) indexed by ``user_id``.
+
+    Training users contribute ``history + [target]`` (their sequence up to the validation item);
+    validation users contribute ``history`` alone, never their validation target; no row holds a
+    test target (the test item is the one after the validation item).
+    """
+    overlap = np.intersect1d(train["user_id"].to_numpy(), valid["user_id"].to_numpy())
+    if len(overlap):
+        raise HarnessError(f"user {overlap[0]} is in both the training and the validation rows of a fold.")
+    sequences = [np.append(np.asarray(h, np.int64), t) for h, t in zip(train["history"], train["target"])]
+    sequences += [np.asarray(h, np.int64) for h in valid["history"]]
+    users = np.concatenate([train["user_id"].to_numpy(), valid["user_id"].to_numpy()])
+    series = pd.Series(sequences, index=pd.Index(users, name="user_id"), dtype=object)
+    return series[series.map(len) > 0]
+
+
+class SequentialRecommender(Family):
+    """A family that scores every item for a user; the core turns scores into rankings.
+
+    Subclasses implement :meth:`fit_recommender` and :meth:`score`; they may override
+    :meth:`score_candidates` when scoring a few items is much cheaper than scoring all.
+    """
+
+    task = TaskType.SEQUENTIAL_RECOMMENDATION
+    top_n: int = TOP_N
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame, ctx: FitContext) -> None:
+        self.n_items = int(ctx.dataset.meta["n_items"])
+        self.device = torch.device(ctx.device)
+        self.protocol = SampledProtocol.from_dataset(ctx.dataset)
+        self._dataset = ctx.dataset
+        self.fit_recommender(train, valid, ctx)
+
+    @abc.abstractmethod
+    def fit_recommender(self, train: pd.DataFrame, valid: pd.DataFrame, ctx: FitContext) -> None:
+        """Train on :func:`training_sequences` ``(train, valid)`` (and side information); early-stop on
+        :meth:`validation_score` ``(valid, ctx)``."""
+
+    @abc.abstractmethod
+    def score(self, part: pd.DataFrame) -> torch.Tensor:
+        """``[len(part), n_items]`` scores of every item as each row's next item (higher is better)."""
+
+    def score_candidates(self, part: pd.DataFrame, candidates: torch.Tensor) -> torch.Tensor:
+        """``[len(part), C]`` scores of the item ids ``candidates`` ``[len(part), C]``."""
+        return self.score(part).gather(1, candidates.to(self.device))
+
+    def predict(self, part: pd.DataFrame) -> Recommendations:
+        """Top-N unseen items per row over the whole catalogue, the target's rank among all candidate
+        items (where ``part`` has targets), and the sampled candidates' scores."""
+        return self._predict(part, n=self.top_n, full=True, sampled=True)
+
+    def validation_score(self, valid: pd.DataFrame, ctx: FitContext) -> float:
+        """``ctx.metric`` of this model's predictions for ``valid``, as the CV runner computes it.
+
+        Only what the metric needs is computed: the targets' counted ranks for a ``_full`` metric
+        (no top-N lists), the candidates' scores for a ``_sampled`` one.
+        """
+        sampled = ctx.metric.name.endswith("_sampled")
+        prediction = self._predict(valid, n=0, full=not sampled, sampled=sampled)
+        return TASK.score(ctx.metric, ctx.dataset, valid, prediction)
+
+    @torch.no_grad()
+    def _predict(self, part: pd.DataFrame, n: int, full: bool, sampled: bool) -> Recommendations:
+        self._eval_mode()
+        part = part.reset_index(drop=True)
+        source = f"{type(self).__name__}.score"
+        items, scores, ranks = np.zeros((len(part), 0), np.int64), np.zeros((len(part), 0), np.float32), None
+        candidates = self.protocol.candidates(part) if sampled else None
+        candidate_scores = None
+        if full:  # the sampled candidates' scores come from the same pass over the full scores
+            ranking = full_ranking(
+                lambda rows: self.score(part.iloc[rows]), part["history"].tolist(), self.n_items,
+                targets=part["target"].to_numpy() if "target" in part else None, n=n, device=self.device,
+                row_ids=part["user_id"].tolist(), source=source, gather=candidates,
+            )  # fmt: skip
+            items, scores, ranks, candidate_scores = ranking.items, ranking.scores, ranking.ranks, ranking.gathered
+        elif sampled:
+            candidates = torch.as_tensor(candidates)
+            batch = max(1, 2**20 // candidates.shape[1])
+            candidate_scores = torch.cat([
+                self.score_candidates(part.iloc[start : start + batch], candidates[start : start + batch]).float().cpu()
+                for start in range(0, len(part), batch)
+            ])  # fmt: skip
+            if has_nan(candidate_scores):
+                raise HarnessError(f"{type(self).__name__}.score_candidates returned NaN scores; scores must be real "
+                                   "numbers (-inf masks an item).")  # fmt: skip
+            candidate_scores = candidate_scores.numpy()
+        return Recommendations(items, scores, candidate_scores, ranks)
+
+    def _eval_mode(self) -> None:
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module):
+                value.eval()
+
+
+def pad_left(sequences: list[np.ndarray], max_len: int) -> torch.Tensor:
+    """``[len(sequences), max_len]`` item ids: each sequence's last ``max_len`` items, right-aligned,
+    left-padded with 0, so position ``-1`` always holds the most recent item."""
+    out = torch.zeros((len(sequences), max_len), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        tail = np.asarray(sequence, np.int64)[-max_len:]
+        if len(tail):
+            out[row, max_len - len(tail) :] = torch.from_numpy(tail)
+    return out
