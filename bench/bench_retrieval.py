@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--noise", type=float, default=3.0, help="caption noise around its image's embedding")
+    parser.add_argument("--noise", type=float, default=8.0, help="caption noise around its image's embedding")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     image = rng.standard_normal((args.images, args.dim), dtype=np.float32)
