@@ -164,12 +164,16 @@ def embedded_movielens(tmp_path_factory):
 
 
 def test_on_the_embedded_data_both_models_beat_popularity(embedded_movielens, workdir):
-    """The issue's claim, with shortened training so the suite stays fast (the README has full runs)."""
+    """The claim, with shortened training and 2 folds so the suite stays fast (the README has full runs).
+
+    Measured at these settings: NDCG@10 popularity 0.036, sasrec 0.081, hier_moe_rec 0.056.
+    """
     shutil.copytree(embedded_movielens, workdir / "data")
     budgets = {"popularity": {}, "sasrec": {"epochs": 12}, "hier_moe_rec": {"epochs": 5}}
     results = {}
     for name, train in budgets.items():
-        config = make_run_config(name, {"train": {**train, "progress": False}, "seed": 42, "threads_per_fold": 1})
+        config = make_run_config(name, {"train": {**train, "progress": False}, "seed": 42, "threads_per_fold": 1,
+                                        "folds": 2})  # fmt: skip
         results[name] = run_cv(config, log=lambda message: None)
     scores = {name: result["cv_ndcg@10_full_mean"] for name, result in results.items()}
     assert scores["sasrec"] > 1.2 * scores["popularity"], scores
