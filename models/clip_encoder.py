@@ -41,27 +41,44 @@ class ClipBundle:
     embed_dim: int
 
 
-def load_clip(name: str, pretrained: str | None, log: Callable[[str], None] = print) -> ClipBundle:
-    """Build open_clip model ``name`` with weights from ``pretrained`` (tag, file, or ``None``)."""
+def load_clip(
+    name: str,
+    pretrained: str | None,
+    log: Callable[[str], None] = print,
+    *,
+    image_size: tuple[int, int] | None = None,
+    context_length: int | None = None,
+    embed_dim: int | None = None,
+) -> ClipBundle:
+    """Build open_clip model ``name`` with weights from ``pretrained`` (tag, file, or ``None``).
+
+    ``image_size`` and ``context_length`` override the architecture's (open_clip resizes pretrained
+    position embeddings to them); ``embed_dim`` overrides the shared embedding size (random init only).
+    """
     if name not in open_clip.list_models():
         raise HarnessError(f"Unknown open_clip model {name!r}; see open_clip.list_models() (e.g. ViT-B-32, ViT-Tiny-16-64).")
     if pretrained and Path(pretrained).suffix and not Path(pretrained).is_file():
         raise HarnessError(f"Pretrained CLIP checkpoint {pretrained!r} does not exist.")
+    overrides = {"force_image_size": image_size, "force_context_length": context_length}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if embed_dim is not None:
+        overrides["embed_dim"] = embed_dim
     root_logger = logging.getLogger()
     level = root_logger.level
     root_logger.setLevel(logging.ERROR)  # open_clip warns on random init; the harness says it below
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None, **overrides)
     except Exception as exc:
         reason = " ".join(str(exc).split())[:200]
         source = f"checkpoint {pretrained!r}" if pretrained and Path(pretrained).is_file() else f"pretrained={pretrained!r}"
         raise HarnessError(f"Could not load CLIP {name!r} from {source}: {reason}") from exc
     finally:
         root_logger.setLevel(level)
+    where = f" at {image_size[0]}x{image_size[1]} px" if image_size else ""
     if pretrained:
-        log(f"CLIP {name}: weights from {pretrained}")
+        log(f"CLIP {name}{where}: weights from {pretrained}")
     else:
-        log(f"CLIP {name}: no pretrained weights (offline default): randomly initialised; set "
+        log(f"CLIP {name}{where}: no pretrained weights (offline default): randomly initialised; set "
             "model.pretrained=<open_clip tag or checkpoint file> for pretrained encoders")  # fmt: skip
     embed_dim = model.text_projection.shape[1] if hasattr(model, "text_projection") else model.visual.output_dim
     return ClipBundle(model, preprocess, open_clip.get_tokenizer(name), name, pretrained, int(embed_dim))

@@ -569,7 +569,8 @@ class DiffMoENetwork(nn.Module):
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor | None = None,
                 class_tokens: torch.Tensor | None = None, class_embeddings: torch.Tensor | None = None,
-                pair_ids: torch.Tensor | None = None, paired_class: torch.Tensor | None = None) -> DiffMoEOutput:  # fmt: skip
+                pair_ids: torch.Tensor | None = None,
+                paired_class: torch.Tensor | None = None) -> DiffMoEOutput:  # fmt: skip
         """Logits, embeddings, routing and auxiliary losses of a batch.
 
         Args:
@@ -666,8 +667,9 @@ class DiffMoENetwork(nn.Module):
             raise ValueError(f"The 'paired_class' argument of DiffMoENetwork.forward must have shape ({rows},) "
                              f"(one class per image). Got {tuple(classes.shape)}.")  # fmt: skip
         if rows and not 0 <= int(classes.min()) <= int(classes.max()) < n:
+            low, high = int(classes.min()), int(classes.max())
             raise ValueError(f"The 'paired_class' argument of DiffMoENetwork.forward holds ids outside [0, "
-                             f"num_classes) = [0, {n}): min {int(classes.min())}, max {int(classes.max())}.")  # fmt: skip
+                             f"num_classes) = [0, {n}): min {low}, max {high}.")  # fmt: skip
 
     def _check_tokens(self, tokens: torch.Tensor, argument: str) -> None:
         cfg = self.config

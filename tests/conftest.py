@@ -43,6 +43,17 @@ def views_dir(views_template, tmp_path):
     return Path(shutil.copytree(views_template, tmp_path / "views"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tiny networks: a second one only competes for the shared cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """Run in an empty directory, so folds/, submissions/ and leaderboard/ land there."""

@@ -243,7 +243,7 @@ class ImageTextRetriever(Family):
         pixels = torch.from_numpy(np.ascontiguousarray(load_pixels(ctx.dataset, train)))
         self.images = Standardiser(pixels)  # this fold's training rows only
         self.network = self.build_network(ctx.dataset, ctx)
-        counts = train["captions"].map(len).to_numpy()
+        counts = train["captions"].map(len).to_numpy().copy()  # pandas may hand out a read-only view
         if (counts == 0).any():
             raise HarnessError(f"{ctx.dataset.name}: image {train['id'].iloc[int(np.argmax(counts == 0))]!r} has no caption.")
         tokens = self.tokenize([c for captions in train["captions"] for c in captions])

@@ -16,13 +16,7 @@ B, C, SIZE, PATCH, L, CLASSES = 4, 3, 8, 4, 6, 3
 TOKENS_PER_IMAGE = 1 + (SIZE // PATCH) ** 2  # CLS + patches
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: one thread avoids spinning a second one per op (and sharing cores badly)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(**overrides) -> DiffMoEConfig:

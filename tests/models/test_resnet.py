@@ -72,14 +72,6 @@ def _fit_small(workdir, small_cifar):
     return family, dataset
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_same_seed_same_predictions_and_no_label_read(workdir, small_cifar, one_thread):
     family, dataset = _fit_small(workdir, small_cifar)
     again, _ = _fit_small(workdir, small_cifar)
