@@ -43,7 +43,7 @@ from harness.runtime import git_commit, package_versions, resolve_device, seed_e
 from harness.tasks import get_task_adapter
 from harness.tracking import DEFAULT_DIR, NullTracker, Tracker
 
-__all__ = ["run_cv", "make_run_config", "resolve_run_config", "find_run"]
+__all__ = ["run_cv", "make_run_config", "resolve_run_config", "find_run", "new_run_name", "is_resumable"]
 
 RUNS_DIR = DEFAULT_DIR / "runs"
 # Settings that may change when a run is resumed: they do not touch the numbers.
@@ -103,6 +103,7 @@ def run_cv(
     nested: bool = False,
     tags: dict[str, str] | None = None,
     resume: str | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Cross-validate ``config.model``; returns scores, paths and ids as a plain dict.
 
@@ -115,6 +116,8 @@ def run_cv(
         tags: extra MLflow tags of the run.
         resume: continue an interrupted run, by run name or ``"last"`` (see :func:`find_run`); its
             recorded config, seed, fold file, data fingerprint and threads must match this one's.
+        name: a new run's name (default ``<model>-<8 hex digits>``), e.g. chosen by a tuning trial
+            beforehand so that a retry of the trial can resume the run.
     """
     # configuration
     config = resolve_run_config(config)
@@ -140,7 +143,9 @@ def run_cv(
     record = {"seed": config.seed, "fold_file": fold_path.name, "data_fingerprint": dataset.fingerprint,
               "threads_per_fold": threads}  # fmt: skip
     if resume is None:
-        run_name = f"{config.model}-{uuid.uuid4().hex[:8]}"
+        if name is not None and (RUNS_DIR / name).exists():
+            raise HarnessError(f"Run {name!r} already exists in {str(RUNS_DIR)!r}; a new run needs a new name.")
+        run_name = name or new_run_name(config.model)
         run_dir, parent_id, finished = RUNS_DIR / run_name, None, {}
     else:
         run_dir = find_run(resume, config.model)
@@ -409,6 +414,15 @@ def run_folds(config: RunConfig, dataset: Dataset, train_fold: np.ndarray, run_d
                     pending.cancel()
                 raise
     return [outcomes[k] for k in range(config.folds)]
+
+
+def new_run_name(model: str) -> str:
+    return f"{model}-{uuid.uuid4().hex[:8]}"
+
+
+def is_resumable(name: str) -> bool:
+    """Whether run ``name`` left a folder to continue: started (``run.json``), not finished (no ``scores.json``)."""
+    return (RUNS_DIR / name / "run.json").is_file() and not (RUNS_DIR / name / "scores.json").exists()
 
 
 def find_run(name: str, model: str) -> Path:

@@ -9,6 +9,11 @@ study by name, and a study can be resumed: the trial cap counts every worker's f
 Every trial is an MLflow run nested under one parent run per study invocation. A new study's
 trial 0 is the configuration as given (the family's defaults under the run's layers), so the best
 trial is never worse than not tuning. Trials are numbered as Optuna numbers them, from 0.
+
+A worker that dies mid-trial loses no finished fold: each trial names its CV run before starting
+it (the trial's ``cv_run`` attribute), and the trial that retries a dead one resumes that run
+(:func:`harness.cv.run_cv` with ``resume``), so its finished folds are loaded, not trained again,
+and the trial's score is the one an uninterrupted trial would have had.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from typing import Any, Callable
 
 import optuna
 import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from harness.cv import make_run_config, resolve_run_config, run_cv
+from harness.cv import is_resumable, make_run_config, new_run_name, resolve_run_config, run_cv
 from harness.errors import HarnessError
 from harness.io import atomic_write
 from harness.metrics import get_metric
@@ -140,7 +146,12 @@ def tune(
                 raise optuna.TrialPruned()
 
         tags = {"kind": "trial", "study": name, "trial": str(trial.number)}
-        result = run_cv(trial_config, log=lambda message: None, nested=True, tags=tags, on_fold=report)
+        dead_run = _dead_trials_run(study, trial.number)
+        trial.set_user_attr("cv_run", dead_run or new_run_name(model))
+        if dead_run is not None:
+            log(f"trial {trial.number} retries a trial whose worker died: resuming its CV run {dead_run}")
+        result = run_cv(trial_config, log=lambda message: None, nested=True, tags=tags, on_fold=report,
+                        resume=dead_run, name=None if dead_run else trial.user_attrs["cv_run"])  # fmt: skip
         return result[f"cv_{metric.name}_mean"]
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -198,7 +209,7 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
             url,
             heartbeat_interval=_HEARTBEAT_S,
             grace_period=_GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=_MAX_RETRY),
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=_MAX_RETRY),
         )
 
     for attempt in range(attempts - 1):
@@ -207,6 +218,19 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
         except (IntegrityError, OperationalError):
             time.sleep(0.5 * (attempt + 1))
     return connect()
+
+
+def _dead_trials_run(study: optuna.Study, number: int) -> str | None:
+    """The unfinished CV run of the latest dead trial that trial ``number`` retries, if one was left."""
+    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.0, like the heartbeats
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = RetryHeartbeatStaleTrialCallback.retry_history(trials[number])
+    for retried in reversed(history):
+        run = trials[retried].user_attrs.get("cv_run")
+        if run is not None and is_resumable(run):
+            return run
+    return None
 
 
 def _defaults_in_space(search_space: Callable, config) -> tuple[dict[str, Any], list[str]]:

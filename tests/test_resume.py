@@ -1,4 +1,4 @@
-"""Runs that survive interruption: a real SIGKILL after a fold, then --resume, gives the uninterrupted result."""
+"""Runs that survive interruption: a real SIGKILL after a fold, then --resume (or a tuning worker's retry), gives the uninterrupted result."""
 
 import json
 import os
@@ -9,10 +9,14 @@ import time
 from pathlib import Path
 
 import mlflow
+import optuna
 import pytest
+from optuna.trial import TrialState
 
+import harness.tune
 import run
 from harness.tracking import Tracker
+from harness.tune import storage_url, tune
 
 RUN_PY = Path(run.__file__).resolve()
 
@@ -36,10 +40,18 @@ def _kill_after_first_fold(cwd: Path, command: list[str]) -> Path:
     pytest.fail(f"the run ended (exit {process.poll()}) before fold 0's outcome appeared")
 
 
-def test_sigkill_after_fold_0_then_resume_gives_the_uninterrupted_bytes(tmp_path, views_template, monkeypatch, capsys):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    straight.mkdir(), killed.mkdir()
-    subprocess.run(_command(views_template), cwd=straight, check=True, capture_output=True)
+@pytest.fixture(scope="module")
+def straight(views_template, tmp_path_factory):
+    """The folder of an uninterrupted run of :func:`_command`."""
+    cwd = tmp_path_factory.mktemp("straight")
+    subprocess.run(_command(views_template), cwd=cwd, check=True, capture_output=True)
+    return next((cwd / "leaderboard" / "runs").glob("clip_multimodal-*"))
+
+
+def test_sigkill_after_fold_0_then_resume_gives_the_uninterrupted_bytes(tmp_path, views_template, straight,
+                                                                         monkeypatch, capsys):  # fmt: skip
+    killed = tmp_path / "killed"
+    killed.mkdir()
     run_dir = _kill_after_first_fold(killed, _command(views_template))
     assert not (run_dir / "scores.json").exists(), "the kill came too late: the run had finished"
     assert (run_dir / "run.json").exists() and (run_dir / "config.yaml").exists()
@@ -55,7 +67,7 @@ def test_sigkill_after_fold_0_then_resume_gives_the_uninterrupted_bytes(tmp_path
     assert code == 2 and "train.lr was 0.001 in that run, now 0.5" in capsys.readouterr().err
 
     subprocess.run(_command(views_template) + ["--resume", "last"], cwd=killed, check=True, capture_output=True)
-    first = next((straight / "leaderboard" / "runs").glob("clip_multimodal-*"))
+    first = straight
     for name in ("oof.parquet", "test_predictions.parquet"):
         assert (run_dir / name).read_bytes() == (first / name).read_bytes(), name
     scores = [json.loads((d / "scores.json").read_text()) for d in (first, run_dir)]
@@ -70,3 +82,29 @@ def test_sigkill_after_fold_0_then_resume_gives_the_uninterrupted_bytes(tmp_path
     # nothing left to resume
     code = run.main(_command(views_template)[2:] + ["--resume", run_dir.name])
     assert code == 2 and "already finished" in capsys.readouterr().err
+
+
+def test_a_tuning_worker_killed_after_fold_0_is_retried_by_resuming_its_cv_run(tmp_path, views_template, straight,
+                                                                              monkeypatch):  # fmt: skip
+    """Trial 0 runs the configuration as given, so its retry must end with the straight run's bytes."""
+    command = [sys.executable, str(RUN_PY), "tune", *_command(views_template)[2:], "--trials", "1"]
+    run_dir = _kill_after_first_fold(tmp_path, command)
+    fold_0 = (run_dir / "fold_0" / "outcome.pkl").read_bytes()
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(harness.tune, "_HEARTBEAT_S", 1)
+    monkeypatch.setattr(harness.tune, "_GRACE_S", 1)  # the dead worker's last heartbeat is already older
+    time.sleep(1.5)
+    lines = []
+    result = tune("clip_multimodal", 1, layers=run.config_layers(run.tune_parser().parse_args(command[3:])),
+                  log=lines.append)  # fmt: skip
+
+    trials = optuna.load_study(study_name=result["study"], storage=storage_url(None)).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs["cv_run"] == trials[1].user_attrs["cv_run"] == run_dir.name
+    assert f"trial 1 retries a trial whose worker died: resuming its CV run {run_dir.name}" in lines
+    assert (run_dir / "fold_0" / "outcome.pkl").read_bytes() == fold_0  # loaded, not trained again
+    for name in ("oof.parquet", "test_predictions.parquet"):
+        assert (run_dir / name).read_bytes() == (straight / name).read_bytes(), name
+    assert trials[1].value == json.loads((straight / "scores.json").read_text())["cv_msle_mean"]

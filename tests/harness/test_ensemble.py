@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -172,3 +173,41 @@ def test_mismatched_members_are_refused(two_runs):
         ensemble.check_members([a])
     with pytest.raises(HarnessError, match="Unknown run id"):
         ensemble.load_member("0" * 32)
+
+
+def test_classification_runs_of_two_families_share_folds_blend_and_rank(workdir, tmp_path):
+    """diff_moe and resnet on one tiny CIFAR-format set: one fold file, probability blends, one leaderboard."""
+    from harness.cv import make_run_config, run_cv
+    from harness.data.images import generate_cifar10, read_cifar10
+    from harness.leaderboard import leaderboard
+    from harness.metrics import get_metric
+    from harness.tasks.classification import TASK as CLASSIFICATION
+
+    generate_cifar10(tmp_path / "cifar", n_train=120, n_test=20)
+    tiny = {"diff_moe": {"embed_dim": 16, "num_heads": 2, "expert_hidden_dim": 32, "text_embed_dim": 8},
+            "resnet": {"width": 4}}  # fmt: skip
+    runs = [
+        run_cv(make_run_config(model, {"train": {"progress": False, "epochs": 1}, "threads_per_fold": 1},
+                               {"folds": 2, "data": {"dir": str(tmp_path / "cifar")}, "model": params}),
+               log=lambda m: None)
+        for model, params in tiny.items()
+    ]  # fmt: skip
+    assert runs[0]["fold_file"] == runs[1]["fold_file"]
+    ids = [run["run_id"] for run in runs]
+    members = [ensemble.load_member(run_id) for run_id in ids]
+    dataset = read_cifar10(tmp_path / "cifar")
+    expected = CLASSIFICATION.score(get_metric("accuracy"), dataset, dataset.train,
+                                    (members[0].oof_values() + members[1].oof_values()) / 2)  # fmt: skip
+
+    mean = ensemble.run_ensemble(ids, "mean", log=lambda m: None)
+    assert mean["oof_accuracy"] == pytest.approx(expected)
+    stacked = ensemble.run_ensemble(ids, "stacking", stacker="ridge", log=lambda m: None)  # logistic on probabilities
+    for result in (mean, stacked):
+        submission = pd.read_csv(result["submission"])
+        assert list(submission.columns) == ["id", "label"] and len(submission) == 20
+        assert submission["label"].isin(dataset.meta["classes"]).all()
+        assert 0 <= result["oof_accuracy"] <= 1
+
+    board = leaderboard(dataset="cifar10", log=lambda m: None)
+    assert set(board["model"]) == {"diff_moe", "resnet", "ensemble:mean", "ensemble:stacking"}
+    assert board["fold_file"].unique().to_list() == [Path(runs[0]["fold_file"]).name]

@@ -122,7 +122,7 @@ def test_a_new_study_starts_from_the_configuration_as_given(workdir, tmp_path):
     result = tune("popularity", 3, layers=layers, study_name="p", log=lines.append)
 
     trial_0 = _study("p").trials[0]
-    assert trial_0.params == {"model.window": 0} and trial_0.user_attrs == {"defaults": True}
+    assert trial_0.params == {"model.window": 0} and trial_0.user_attrs["defaults"] is True
     assert lines[0] == "study p: trial 0 runs the configuration as given (model.window=0)"
     untuned = run_cv(make_run_config("popularity", *layers), log=lambda m: None)["cv_ndcg@10_full_mean"]
     assert trial_0.value == pytest.approx(untuned) and result["best_value"] >= untuned
