@@ -10,6 +10,7 @@ are checked to agree: eval-mode logits and losses, and the gradients of a traini
 same dropout draws. The ratio is loop time / shared time (> 1: the shared dispatch is faster).
 
     python bench/bench_diff_moe.py                          # the family's CPU preset, cpu
+    python bench/bench_diff_moe.py --experts 16             # a larger pool, still top-2
     python bench/bench_diff_moe.py --device cuda --batch 256 --preset seed
 """
 
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu", choices=("cpu", "seed"),
                         help="cpu: the family's defaults; seed: the seed's full-size network")  # fmt: skip
     parser.add_argument("--batch", type=int, default=64, help="images per step")
+    parser.add_argument("--experts", type=int, default=4, help="general experts per block (top-2 routed)")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per dispatch (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
@@ -96,7 +98,7 @@ def main() -> None:
     device = resolve_device(args.device)
 
     # Setup: the family's network for 32×32 RGB images and the embedded data's ten class texts
-    family = DiffMoEFamilyConfig(**(SEED_SIZE if args.preset == "seed" else {}))
+    family = DiffMoEFamilyConfig(**(SEED_SIZE if args.preset == "seed" else {}), num_general_experts=args.experts)
     torch.manual_seed(0)
     network = DiffMoENetwork(family.network(32, 3, len(SYNTHETIC_CLASSES)))
     texts = [text for *_, text in SYNTHETIC_CLASSES]

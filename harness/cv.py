@@ -38,7 +38,7 @@ from harness.errors import HarnessError
 from harness.folds import get_folds
 from harness.io import atomic_write, load_checkpoint
 from harness.metrics import get_metric
-from harness.registry import Family, FitContext, create_model, get_model_entry
+from harness.registry import Family, FitContext, create_model, get_model_entry, list_models
 from harness.runtime import git_commit, package_versions, resolve_device, seed_everything
 from harness.tasks import get_task_adapter
 from harness.tracking import DEFAULT_DIR, NullTracker, Tracker
@@ -77,8 +77,10 @@ def resolve_run_config(config: RunConfig) -> RunConfig:
     dataset_name = config.data.name or entry.dataset
     spec = get_dataset_spec(dataset_name)
     if spec.task != entry.task:
+        fitting = [name for name in list_models() if get_model_entry(name).task == spec.task]
         raise HarnessError(
-            f"Model {entry.name!r} solves {entry.task.value!r} but dataset {dataset_name!r} is {spec.task.value!r}."
+            f"Model {entry.name!r} solves {entry.task.value!r} but dataset {dataset_name!r} is {spec.task.value!r}; "
+            f"models for {spec.task.value!r}: {', '.join(fitting) or 'none registered'}."
         )
     metric = get_metric(config.metric or spec.metric)
     if metric.task != entry.task.metric_task:

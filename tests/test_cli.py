@@ -53,6 +53,11 @@ def test_unknown_model(capsys, workdir):
     _expect_error(capsys, workdir, ["--model", "nope"], "Unknown model 'nope'", "clip_multimodal")
 
 
+def test_a_model_on_another_tasks_dataset_names_the_models_that_fit(capsys, workdir):
+    _expect_error(capsys, workdir, ["--model", "diff_moe", "data.name=flickr8k"],
+                  "solves 'classification' but dataset 'flickr8k' is 'retrieval'", "diff_moe_retrieval, dual_encoder")  # fmt: skip
+
+
 def test_unknown_override_key(capsys, workdir, views_dir):
     _expect_error(capsys, workdir, ["--model", "clip_multimodal", "--data", str(views_dir), "train.lrr=1"], "train.lrr")
 
