@@ -197,8 +197,8 @@ def run_cv(
             tracker.log_metrics({f"fold_{k}/{metric.name}": outcome.score,
                                  **{f"fold_{k}/{n}": v for n, v in outcome.explained.items()}})  # fmt: skip
 
-        for outcome in finished.values():  # a fold persisted just before the kill may not be logged yet
-            if not tracker.has_child_run(run_id, "fold", str(outcome.fold)):
+        for outcome in finished.values():  # a fold persisted just before the kill may be logged in part or not at all
+            if not tracker.has_finished_child_run(run_id, "fold", str(outcome.fold)):
                 log_fold(outcome)
 
         # model training: folds in this process, or one worker process per device

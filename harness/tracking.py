@@ -73,11 +73,19 @@ class Tracker:
         with self._mlflow.start_run(run_id=run_id, run_name=name, nested=nested, tags=tags) as active:
             yield active.info.run_id
 
-    def has_child_run(self, parent_id: str, tag: str, value: str) -> bool:
-        """Whether run ``parent_id`` has a nested run tagged ``tag=value`` (e.g. a fold's run)."""
+    def has_finished_child_run(self, parent_id: str, tag: str, value: str) -> bool:
+        """Whether run ``parent_id`` has a FINISHED nested run tagged ``tag=value`` (e.g. a fold's run).
+
+        Unfinished ones (a kill while the fold was being logged) are deleted, so that logging the
+        fold again leaves it once, whole.
+        """
         client = self._mlflow.tracking.MlflowClient()
         query = f"tags.mlflow.parentRunId = '{parent_id}' and tags.{tag} = '{value}'"
-        return bool(client.search_runs([self.experiment.experiment_id], query, max_results=1))
+        children = client.search_runs([self.experiment.experiment_id], query, max_results=100)
+        for child in children:
+            if child.info.status != "FINISHED":
+                client.delete_run(child.info.run_id)
+        return any(child.info.status == "FINISHED" for child in children)
 
     def close_dead_runs(self) -> list[str]:
         """Mark this experiment's RUNNING runs whose process is gone as KILLED; returns their names.
@@ -120,7 +128,7 @@ class NullTracker:
             run_id: str | None = None) -> Iterator[None]:  # fmt: skip
         yield None
 
-    def has_child_run(self, parent_id: str | None, tag: str, value: str) -> bool:
+    def has_finished_child_run(self, parent_id: str | None, tag: str, value: str) -> bool:
         return True
 
     def close_dead_runs(self) -> list[str]:

@@ -27,7 +27,8 @@ test (400 images, the 3 fold models)      17.3 / 53.8 / 73.3     17.7 / 62.7 / 9
 ========================================  =====================  =====================  =====
 
 (the flickr8k module gives random 0.080 and the oracle 5.97 on that test split). An epoch takes
-10–15 s, a fold 7–10 min (best epochs 35–39 of 40), the run 27 min. Two things measured on one
+10–15 s, a fold 7–10 min (best epochs 35–39 of 40), the run 27 min; on a quiet machine with
+``--workers 2`` the same numbers came in 14.4 min (10 s an epoch). Two things measured on one
 800 / 800 split: ``model.augmentation=none`` gets there in half the epochs (rsum 1.71 against
 1.51 with ``crop`` after 20 epochs, 1.76 against 1.75 after 40), so ``train.epochs=20`` with it
 halves the time; and at ``train.lr=1e-3`` with CLIP's temperature 0.07 random towers collapse

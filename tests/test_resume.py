@@ -59,7 +59,8 @@ def test_sigkill_after_fold_0_then_resume_gives_the_uninterrupted_bytes(tmp_path
     monkeypatch.chdir(killed)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     # the killed run is still RUNNING in MLflow until the next start notices its process is gone
-    assert Tracker("views").close_dead_runs() == [run_dir.name]
+    closed = Tracker("views").close_dead_runs()  # and fold 0's run, if the kill came while it was being logged
+    assert run_dir.name in closed and set(closed) <= {run_dir.name, f"{run_dir.name}-fold_0"}
     assert mlflow.search_runs(experiment_names=["views"], filter_string="tags.kind = 'cv'")["status"].tolist() == ["KILLED"]
 
     # a different setting is refused, naming the key

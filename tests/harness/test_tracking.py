@@ -25,3 +25,19 @@ def test_artifacts_land_under_leaderboard_unless_a_server_keeps_them(workdir, mo
     experiment = mlflow.get_experiment_by_name("toy")
     assert experiment.artifact_location == (workdir / "leaderboard" / "artifacts").as_uri()
     assert list((workdir / "leaderboard" / "artifacts").rglob("note.txt")) and not (workdir / "mlruns").exists()
+
+
+def test_a_half_logged_fold_run_is_deleted_so_the_fold_is_logged_again(workdir, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker("toy")
+    client = mlflow.tracking.MlflowClient()
+    with tracker.run("cv") as parent:
+        with tracker.run("cv-fold_0", nested=True, tags={"fold": "0"}) as killed:
+            pass
+        client.set_terminated(killed, status="KILLED")  # as close_dead_runs leaves a kill during logging
+        assert not tracker.has_finished_child_run(parent, "fold", "0")
+        assert client.get_run(killed).info.lifecycle_stage == "deleted"
+        with tracker.run("cv-fold_0", nested=True, tags={"fold": "0"}):
+            pass
+        assert tracker.has_finished_child_run(parent, "fold", "0")
+        assert not tracker.has_finished_child_run(parent, "fold", "1")
