@@ -436,7 +436,7 @@ def find_run(name: str, model: str) -> Path:
         if (run_dir / "scores.json").is_file():
             raise HarnessError(f"--resume {name}: that run already finished ({run_dir / 'scores.json'} exists).")
         return run_dir
-    candidates = [p.parent for p in RUNS_DIR.glob(f"{model}-*/run.json") if not (p.parent / "scores.json").exists()]
+    candidates = [p.parent for p in RUNS_DIR.glob(f"{model}-*/run.json") if is_resumable(p.parent.name)]
     if not candidates:
         raise HarnessError(f"--resume last: no unfinished run of {model!r} in {str(RUNS_DIR)!r}.")
     return max(candidates, key=lambda p: (p / "run.json").stat().st_mtime_ns)

@@ -147,11 +147,12 @@ def tune(
 
         tags = {"kind": "trial", "study": name, "trial": str(trial.number)}
         dead_run = _dead_trials_run(study, trial.number)
-        trial.set_user_attr("cv_run", dead_run or new_run_name(model))
+        run_name = dead_run or new_run_name(model)
+        trial.set_user_attr("cv_run", run_name)
         if dead_run is not None:
             log(f"trial {trial.number} retries a trial whose worker died: resuming its CV run {dead_run}")
         result = run_cv(trial_config, log=lambda message: None, nested=True, tags=tags, on_fold=report,
-                        resume=dead_run, name=None if dead_run else trial.user_attrs["cv_run"])  # fmt: skip
+                        resume=dead_run, name=None if dead_run else run_name)  # fmt: skip
         return result[f"cv_{metric.name}_mean"]
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
