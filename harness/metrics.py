@@ -22,7 +22,9 @@ Metric names (:func:`get_metric`): ``mse``, ``msle``, ``rmsle``, ``accuracy``,
 ``recall@K``, ``ndcg@K``, ``mrr@K`` (ranking names may end in ``_full`` or
 ``_sampled`` to name the evaluation protocol, e.g. ``ndcg@10_full``; the
 suffix is kept in :attr:`Metric.name` and does not change the computation),
-``map``, ``minp``, ``rank{K}`` and its alias ``cmc@K`` (re-ID), ``rsum``, ``i2t_r@K``,
+``map``, ``minp``, ``rank{K}`` and its alias ``cmc@K`` (re-ID; each may end in ``_rerank`` to name
+the k-reciprocal re-ranking protocol, e.g. ``map_rerank``: the re-ID task then scores re-ranked
+distances), ``rsum``, ``i2t_r@K``,
 ``t2i_r@K``, ``i2t_map``, ``t2i_map`` (image-text retrieval).
 
 Ties, infinities and exclusions -- one convention for every rank behind a reported number (full
@@ -1278,6 +1280,7 @@ class _Family:
 
 _K = r"(?P<k>[1-9][0-9]*)"
 _SUFFIX = r"(?:_full|_sampled)?"
+_RERANK = r"(?:_rerank)?"  # re-ID: scored on k-reciprocal re-ranked distances (harness.reranking)
 
 
 def _ranking_family(metric: str) -> _Family:
@@ -1296,10 +1299,10 @@ _FAMILIES: tuple[_Family, ...] = (
     _Family("log_loss", "log_loss", "classification", False, lambda m: log_loss),
     _Family("macro_f1", "macro_f1", "classification", True, lambda m: macro_f1),
     *(_ranking_family(name) for name in _RANKING_FNS),
-    _Family("map", "map", "reid", True, lambda m: _result_getter("map")),
-    _Family("minp", "minp", "reid", True, lambda m: _result_getter("minp")),
-    _Family("rankK", rf"rank{_K}", "reid", True, lambda m: _result_getter(f"rank{m['k']}")),
-    _Family("cmc@K", rf"cmc@{_K}", "reid", True, lambda m: _result_getter(f"rank{m['k']}")),
+    _Family("map", rf"map{_RERANK}", "reid", True, lambda m: _result_getter("map")),
+    _Family("minp", rf"minp{_RERANK}", "reid", True, lambda m: _result_getter("minp")),
+    _Family("rankK", rf"rank{_K}{_RERANK}", "reid", True, lambda m: _result_getter(f"rank{m['k']}")),
+    _Family("cmc@K", rf"cmc@{_K}{_RERANK}", "reid", True, lambda m: _result_getter(f"rank{m['k']}")),
     _Family("rsum", "rsum", "retrieval", True, lambda m: _result_getter("rsum")),
     _Family("i2t_r@K", rf"i2t_r@{_K}", "retrieval", True, lambda m: _result_getter(f"i2t_r@{m['k']}")),
     _Family("t2i_r@K", rf"t2i_r@{_K}", "retrieval", True, lambda m: _result_getter(f"t2i_r@{m['k']}")),
@@ -1325,7 +1328,8 @@ def get_metric(name: str) -> Metric:
             return Metric(name, fam.task, fam.greater_is_better, fam.build(m))
     raise ValueError(
         f"Unknown metric {name!r}, valid metrics: {', '.join(list_metrics())} "
-        "(K is a positive int; ranking metrics take @K and an optional _full/_sampled suffix, e.g. ndcg@10)"
+        "(K is a positive int; ranking metrics take @K and an optional _full/_sampled suffix, e.g. ndcg@10; "
+        "re-ID metrics an optional _rerank suffix, e.g. map_rerank)"
     )
 
 

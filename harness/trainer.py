@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from harness.config import TrainConfig
@@ -87,10 +87,13 @@ class Trainer:
         train_data: Dataset,
         evaluate: Callable[[nn.Module], float],
         collate_fn: Callable | None = None,
+        batch_sampler: Sampler[list[int]] | None = None,
     ) -> TrainResult:
         """Train ``module`` on ``train_data``; ``evaluate(module)`` returns the validation metric.
 
-        ``evaluate`` is called in eval mode under ``torch.no_grad()`` after every epoch.
+        ``evaluate`` is called in eval mode under ``torch.no_grad()`` after every epoch. A
+        ``batch_sampler`` (e.g. re-ID's P identities x K images) replaces the shuffled batches of
+        ``config.batch_size`` rows; it is iterated once per epoch and must be seeded itself.
         """
         cfg = self.config
         module.to(self.device)
@@ -98,9 +101,11 @@ class Trainer:
         step_module = torch.compile(module) if (cfg.compile and on_cuda) else module
 
         generator = torch.Generator().manual_seed(self.seed)
-        loader = DataLoader(
-            train_data, batch_size=cfg.batch_size, shuffle=True, generator=generator, collate_fn=collate_fn
-        )
+        if batch_sampler is None:
+            loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                                collate_fn=collate_fn)  # fmt: skip
+        else:
+            loader = DataLoader(train_data, batch_sampler=batch_sampler, collate_fn=collate_fn)
         optimizer = torch.optim.AdamW(self._param_groups(module), lr=cfg.lr)
         accumulate = cfg.grad_accumulation
         steps_per_epoch = -(-len(loader) // accumulate)  # an epoch's last, shorter group still steps

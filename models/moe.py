@@ -6,11 +6,15 @@ instead of each carrying its own copy, so a routing fix or a faster dispatch lan
 their auxiliary losses mean the same thing in every report.
 
 - :class:`Expert`: a 2-layer MLP (GELU, ReLU or SiLU).
+- :class:`ExpertBank`: E experts of the re-ID seed's form (Linear, LayerNorm, GELU, Dropout twice,
+  plus a residual projection), each on its *own* input (e.g. one feature scale per expert), run as
+  batched matmuls over stacked weights instead of a Python loop over experts.
 - :class:`Router`: the routing shared by every router: temperature, optional (noisy) top-k and a
   mask of allowed experts (e.g. an expert whose modality is missing for that row). Its
   subclasses only say how a token's logits are computed:
 
   - :class:`Gate`: a linear router, ``logits = W x + b``.
+  - :class:`MLPGate`: a 1-3 layer MLP router (the re-ID seed's ``GatingNetwork`` at depth 2).
   - :class:`AttentiveRouter`: attention-style scoring, ``logits_e = (W_q x) · k_e / sqrt(d)``
     against learned, orthogonally initialised expert keys (Diff-MoE).
 - :class:`MixtureOfExperts`: experts + router, :math:`y = \\sum_e w_e\\,\\mathrm{expert}_e(x)`, on
@@ -18,7 +22,8 @@ their auxiliary losses mean the same thing in every report.
   layer; top-k routing sends each token only to its selected experts.
 - :func:`load_balance_loss` (Switch/GShard), :func:`kl_balance_loss` (KL of the utilisation to
   uniform), :func:`router_z_loss` (ST-MoE), :func:`squared_usage_loss` (what the Diff-MoE seed
-  calls its z-loss) and :func:`routing_entropy` (reports).
+  calls its z-loss), :func:`usage_variance_loss` (the re-ID seed's expert balance: variance of the
+  mean weights) and :func:`routing_entropy` (reports).
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ __all__ = [
     "ACTIVATIONS",
     "AttentiveRouter",
     "Expert",
+    "ExpertBank",
     "Gate",
     "GateOutput",
+    "MLPGate",
     "MixtureOfExperts",
     "MoEOutput",
     "Router",
@@ -45,6 +52,7 @@ __all__ = [
     "router_z_loss",
     "routing_entropy",
     "squared_usage_loss",
+    "usage_variance_loss",
 ]
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}  # the activations an Expert accepts, by name
@@ -107,6 +115,96 @@ class Expert(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class ExpertBank(nn.Module):
+    """``n_experts`` experts, expert e applied to its own input ``x[e]``: ``[E, ..., in] → [E, ..., out]``.
+
+    Each expert is the re-ID seed's ``ExpertNetwork``::
+
+        y = GELU(LN(Linear(Drop(GELU(LN(Linear(x))))))) → Dropout, + Linear_res(x)
+
+    (the second block's dropout last, then the residual projection added). The experts' weights
+    are stacked, so all experts run as one batched matmul per layer (``torch.baddbmm``) and a
+    LayerNorm over the stacked activations; :meth:`forward_loop` runs them one at a time, as the
+    seed's list comprehension does, for reference (``bench/bench_multiscale_moe.py`` times both;
+    they agree to float rounding, forward and backward).
+
+    Args:
+        n_experts: number of experts.
+        in_dim: input features of every expert.
+        out_dim: output features.
+        hidden_dim: hidden width. Defaults to ``2 * in_dim`` (the seed: 512 → 1024 → 512).
+        dropout: dropout after each block. Defaults to 0.1 (the seed's).
+        residual: add the residual projection. Defaults to True.
+    """
+
+    def __init__(self, n_experts: int, in_dim: int, out_dim: int, hidden_dim: int | None = None,
+                 dropout: float = 0.1, residual: bool = True):  # fmt: skip
+        super().__init__()
+        for value, name in ((n_experts, "n_experts"), (in_dim, "in_dim"), (out_dim, "out_dim")):
+            _check_int(value, name, "ExpertBank", 1)
+        if hidden_dim is not None:
+            _check_int(hidden_dim, "hidden_dim", "ExpertBank", 1)
+        _check_float(dropout, "dropout", "ExpertBank", "a float in the range [0, 1)", lambda p: 0 <= p < 1)
+        hidden_dim = hidden_dim or 2 * in_dim
+        self.n_experts, self.in_dim, self.out_dim, self.hidden_dim = n_experts, in_dim, out_dim, hidden_dim
+        self.w1, self.b1 = self._linear(in_dim, hidden_dim)
+        self.w2, self.b2 = self._linear(hidden_dim, out_dim)
+        self.norm1_weight, self.norm1_bias = self._norm(hidden_dim)
+        self.norm2_weight, self.norm2_bias = self._norm(out_dim)
+        self.w_res, self.b_res = self._linear(in_dim, out_dim) if residual else (None, None)
+        self.drop = nn.Dropout(dropout)
+
+    def _linear(self, fan_in: int, fan_out: int) -> tuple[nn.Parameter, nn.Parameter]:
+        """Stacked ``[E, fan_in, fan_out]`` weights and ``[E, 1, fan_out]`` biases, initialised as ``nn.Linear``."""
+        bound = 1 / math.sqrt(fan_in)
+        weight = nn.Parameter(torch.empty(self.n_experts, fan_in, fan_out))
+        nn.init.kaiming_uniform_(weight.transpose(1, 2), a=math.sqrt(5))  # nn.Linear's init, per expert
+        return weight, nn.Parameter(torch.empty(self.n_experts, 1, fan_out).uniform_(-bound, bound))
+
+    def _norm(self, dim: int) -> tuple[nn.Parameter, nn.Parameter]:
+        """Per-expert LayerNorm affine ``[E, 1, dim]``, initialised as ``nn.LayerNorm``."""
+        return nn.Parameter(torch.ones(self.n_experts, 1, dim)), nn.Parameter(torch.zeros(self.n_experts, 1, dim))
+
+    @property
+    def residual(self) -> bool:
+        return self.w_res is not None
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() < 2 or x.shape[0] != self.n_experts or x.shape[-1] != self.in_dim:
+            raise ValueError(f"ExpertBank expects inputs [{self.n_experts}, ..., {self.in_dim}] (one slice per expert). "
+                             f"Got shape {tuple(x.shape)}.")  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[E, ..., in_dim]`` → ``[E, ..., out_dim]``, every expert in one batched matmul per layer."""
+        self._check(x)
+        lead = x.shape[1:-1]
+        flat = x.reshape(self.n_experts, -1, self.in_dim)
+        hidden = self._block(torch.baddbmm(self.b1, flat, self.w1), self.norm1_weight, self.norm1_bias)
+        out = self._block(torch.baddbmm(self.b2, hidden, self.w2), self.norm2_weight, self.norm2_bias)
+        if self.residual:
+            out = out + torch.baddbmm(self.b_res, flat, self.w_res)
+        return out.reshape(self.n_experts, *lead, self.out_dim)
+
+    def forward_loop(self, x: torch.Tensor) -> torch.Tensor:
+        """The same, one expert at a time (the reference :meth:`forward` is checked against)."""
+        self._check(x)
+        outputs = []
+        for e in range(self.n_experts):
+            xe = x[e]
+            hidden = self._block(xe @ self.w1[e] + self.b1[e, 0], self.norm1_weight[e, 0], self.norm1_bias[e, 0])
+            out = self._block(hidden @ self.w2[e] + self.b2[e, 0], self.norm2_weight[e, 0], self.norm2_bias[e, 0])
+            outputs.append(out + xe @ self.w_res[e] + self.b_res[e, 0] if self.residual else out)
+        return torch.stack(outputs)
+
+    def _block(self, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """LayerNorm (per-expert affine) → GELU → Dropout."""
+        return self.drop(F.gelu(F.layer_norm(z, z.shape[-1:]) * weight + bias))
+
+    def extra_repr(self) -> str:
+        return (f"n_experts={self.n_experts}, in_dim={self.in_dim}, hidden_dim={self.hidden_dim}, "
+                f"out_dim={self.out_dim}, residual={self.residual}")  # fmt: skip
 
 
 @dataclass
@@ -228,6 +326,42 @@ class Gate(Router):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
+
+
+class MLPGate(Router):
+    """MLP router: ``depth - 1`` hidden blocks (Linear → LayerNorm → GELU → Dropout) then a Linear
+    to the logits, then :meth:`Router.route`.
+
+    Depth 2 with ``hidden_dim = in_dim // 2`` and dropout 0.1 is the re-ID seed's ``GatingNetwork``;
+    depth 1 is :class:`Gate`'s linear map; depth 3 adds a second hidden block of the same width
+    (the seed's gate-depth ablation).
+
+    Args: those of :class:`Router`, and
+        depth: layers, 1-3. Defaults to 2.
+        hidden_dim: width of the hidden blocks. Defaults to ``max(1, in_dim // 2)``.
+        dropout: after each hidden block. Defaults to 0.1.
+    """
+
+    def __init__(self, in_dim: int, n_experts: int, temperature: float = 1.0, top_k: int | None = None,
+                 noise_std: float = 0.0, depth: int = 2, hidden_dim: int | None = None, dropout: float = 0.1):  # fmt: skip
+        super().__init__(in_dim, n_experts, temperature, top_k, noise_std)
+        _check_int(depth, "depth", "MLPGate", 1, 3)
+        if hidden_dim is not None:
+            _check_int(hidden_dim, "hidden_dim", "MLPGate", 1)
+        _check_float(dropout, "dropout", "MLPGate", "a float in the range [0, 1)", lambda p: 0 <= p < 1)
+        self.depth = depth
+        hidden_dim = hidden_dim or max(1, in_dim // 2)
+        layers, width = [], in_dim
+        for _ in range(depth - 1):
+            layers += [nn.Linear(width, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(), nn.Dropout(dropout)]
+            width = hidden_dim
+        self.net = nn.Sequential(*layers, nn.Linear(width, n_experts))
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def extra_repr(self) -> str:
+        return f"depth={self.depth}, " + super().extra_repr()
 
 
 class AttentiveRouter(Router):
@@ -504,6 +638,21 @@ def squared_usage_loss(probs: torch.Tensor) -> torch.Tensor:
     """
     n_experts = probs.shape[-1]
     return n_experts * probs.reshape(-1, n_experts).mean(0).square().mean()
+
+
+def usage_variance_loss(weights: torch.Tensor) -> torch.Tensor:
+    """Variance over experts of the mean routing weight per expert (the re-ID seed's ``expert_balance_loss``).
+
+    .. math:: L = \\mathrm{Var}_e\\big(\\bar w_e\\big), \\quad \\bar w_e = \\mathrm{mean}_{tokens}\\, w_e
+
+    with the unbiased variance, as ``torch.var`` computes it (the seed's code). 0 when every expert
+    gets the same mean weight, :math:`1/E` when one expert takes all the weight. Differentiable
+    through the weights; leading dims are flattened. Also the "usage balance" of the routing reports.
+    """
+    n_experts = weights.shape[-1]
+    if n_experts == 1:
+        return weights.sum() * 0.0  # one expert is always balanced (the unbiased variance of one value is NaN)
+    return weights.reshape(-1, n_experts).mean(0).var()
 
 
 def routing_entropy(weights: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """ResNet for small images: the plain-CNN baseline of the classification leaderboard.
 
-torchvision's residual blocks, stacked as in ResNet-18/34 (basic blocks) or -50 (bottlenecks),
-with the stem adapted to 32×32-class images as is usual for CIFAR: one 3×3 stride-1 convolution
+torchvision's residual blocks, stacked as in ResNet-18/34 (basic blocks) or -50 (bottlenecks)
+(:class:`models.backbones.ResNetTrunk`), with the stem adapted to 32×32-class images as is usual for CIFAR: one 3×3 stride-1 convolution
 and no max-pool, so the last stage still sees 4×4 feature maps instead of 1×1. ``width`` scales
 every stage (64 is the standard network); smaller widths make CPU-sized variants. A family that
 routes tokens through experts has to beat this on the same folds to be worth its complexity.
@@ -16,18 +16,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from harness.config import FRACTION, POSITIVE_INT, check_fields
 from harness.errors import HarnessError
 from harness.registry import FitContext, register_model
 from harness.tasks import TaskType
 from harness.tasks.classification import ImageClassifier
+from models.backbones import DEPTHS, ResNetTrunk
 
 __all__ = ["ResNetConfig", "SmallImageResNet", "ResNetClassifier", "resnet", "search_space", "DEPTHS"]
-
-# depth -> (block, blocks per stage), as in torchvision's resnet18 / resnet34 / resnet50
-DEPTHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (Bottleneck, (3, 4, 6, 3))}
 
 
 @dataclass
@@ -42,32 +39,12 @@ class ResNetConfig:
 class SmallImageResNet(nn.Module):
     def __init__(self, in_channels: int, n_classes: int, config: ResNetConfig):
         super().__init__()
-        block, layers = DEPTHS[config.depth]
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, config.width, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(config.width), nn.ReLU(inplace=True))  # fmt: skip
-        stages, channels = [], config.width
-        for index, n_blocks in enumerate(layers):
-            planes = config.width * 2**index
-            stride = 1 if index == 0 else 2
-            blocks = []
-            for b in range(n_blocks):
-                out = planes * block.expansion
-                down = None
-                if b == 0 and (stride != 1 or channels != out):
-                    down = nn.Sequential(nn.Conv2d(channels, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-                blocks.append(block(channels, planes, stride if b == 0 else 1, down))
-                channels = out
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        self.trunk = ResNetTrunk(config.depth, config.width, in_channels, stem="small")
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(channels, n_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        self.head = nn.Linear(self.trunk.out_channels, n_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.stages(self.stem(images))
-        return self.head(self.dropout(F.adaptive_avg_pool2d(features, 1).flatten(1)))
+        return self.head(self.dropout(F.adaptive_avg_pool2d(self.trunk(images), 1).flatten(1)))
 
     def training_step(self, batch) -> torch.Tensor:
         images, labels = batch

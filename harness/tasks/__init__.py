@@ -2,7 +2,7 @@
 
 This module only names the task types and finds each one's adapter; the adapters live one module
 per task type (:mod:`harness.tasks.regression`, :mod:`~harness.tasks.classification`,
-:mod:`~harness.tasks.recommendation`, :mod:`~harness.tasks.retrieval`), with the family base
+:mod:`~harness.tasks.recommendation`, :mod:`~harness.tasks.retrieval`, :mod:`~harness.tasks.reid`), with the family base
 class of that task where it has one. Nothing here imports them, so any module of the core can
 import :class:`TaskType` without importing a task's dependencies, and no harness import runs in a
 circle. The CV runner, the ensembler and the submission writer ask the adapter, never the family.
@@ -35,7 +35,7 @@ class TaskType(str, Enum):
     ``regression``                one float, original scale                      MSE, MSLE, RMSLE
     ``classification``            class probabilities ``[C]``                    accuracy, top-k
     ``sequential_recommendation`` top-N item ids (+ scores) per user             Hit/NDCG/MRR@K
-    ``reid``                      an embedding per image (query and gallery)     mAP, CMC Rank-k
+    ``reid``                      an embedding per image (query and gallery)     mAP, CMC Rank-k, mINP
     ``retrieval``                 an image embedding and its captions' ones      Recall@K, rsum, mAP
     ============================  =============================================  ==================
     """
@@ -58,6 +58,7 @@ _ADAPTER_MODULES = {
     TaskType.CLASSIFICATION: "harness.tasks.classification",
     TaskType.SEQUENTIAL_RECOMMENDATION: "harness.tasks.recommendation",
     TaskType.RETRIEVAL: "harness.tasks.retrieval",
+    TaskType.REID: "harness.tasks.reid",
 }
 
 

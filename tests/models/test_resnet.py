@@ -20,10 +20,10 @@ from models.resnet import ResNetConfig, SmallImageResNet
 @pytest.mark.parametrize("depth, channels", [(18, 3), (50, 1)])
 def test_small_image_stem_keeps_the_resolution_for_the_stages(depth, channels):
     network = SmallImageResNet(channels, 7, ResNetConfig(depth=depth, width=4))
-    assert isinstance(network.stem[0], torch.nn.Conv2d) and network.stem[0].kernel_size == (3, 3)
-    assert network.stem[0].stride == (1, 1) and not any(isinstance(m, torch.nn.MaxPool2d) for m in network.modules())
+    assert network.trunk.conv1.kernel_size == (3, 3)
+    assert network.trunk.conv1.stride == (1, 1) and not any(isinstance(m, torch.nn.MaxPool2d) for m in network.modules())
     assert network(torch.randn(2, channels, 32, 32)).shape == (2, 7)
-    features = network.stages(network.stem(torch.randn(1, channels, 32, 32)))
+    features = network.trunk(torch.randn(1, channels, 32, 32))
     assert features.shape[-2:] == (4, 4)  # 32 / 2^3: three stride-2 stages after a stride-1 stem
 
 
@@ -46,7 +46,7 @@ def _run(workdir, small_cifar, **model):
     shutil.copytree(small_cifar, workdir / "data", dirs_exist_ok=True)
     config = make_run_config("resnet", {
         "model": {"width": 8, **model}, "folds": 2, "threads_per_fold": 1,
-        "train": {"epochs": 4, "batch_size": 64, "progress": False},
+        "train": {"epochs": 6, "batch_size": 64, "progress": False},
     })  # fmt: skip
     return run_cv(config, log=lambda message: None)
 
