@@ -42,7 +42,8 @@ def _group(dataset: Dataset, n_splits: int, seed: int):
     groups = dataset.train[dataset.group_col]
     if groups.nunique() < n_splits:
         raise HarnessError(
-            f"Cannot have number of folds {n_splits} greater than the number of groups: {groups.nunique()}."
+            f"--folds {n_splits} is more than the {groups.nunique()} groups ({dataset.group_col!r} values) of "
+            f"{dataset.name!r}; every fold needs a group of its own."
         )
     return GroupKFold(n_splits, shuffle=True, random_state=seed).split(dataset.train, groups=groups)
 

@@ -21,12 +21,12 @@ FAST = {"batch_size": 32, "lr": 3e-3, "progress": False}
 @pytest.fixture(scope="module")
 def market(tmp_path_factory):
     root = tmp_path_factory.mktemp("reid") / "market1501"
-    generate_reid(root, n_train_ids=160, n_test_ids=40, n_distractors=20, n_junk=2)
+    generate_reid(root, n_train_ids=300, n_test_ids=100, n_distractors=20, n_junk=2)
     return root
 
 
 def _cv(workdir, data, model, epochs, **params):
-    config = make_run_config(model, {"folds": 2, "threads_per_fold": 1, "data": {"dir": str(data)}},
+    config = make_run_config(model, {"folds": 2, "workers": 2, "threads_per_fold": 1, "data": {"dir": str(data)}},
                              {"train": {"epochs": epochs, **FAST}, "model": {"augmentation": "none", **params}})  # fmt: skip
     return run_cv(config, log=lambda message: None)
 
@@ -75,9 +75,9 @@ def test_cross_modal_runs_mask_a_missing_modality_and_repeat_exactly(workdir, rg
         return run_cv(config, log=lambda message: None)
 
     first, second = once("a"), once("b")
-    oofs = [pd.read_parquet(f"{r['artifacts']}/oof.parquet") for r in (first, second)]
+    oofs = [pd.read_parquet(f"{r['run_dir']}/oof.parquet") for r in (first, second)]
     pd.testing.assert_frame_equal(oofs[0], oofs[1])  # same seed -> identical out-of-fold embeddings
-    assert {"modality_weights/fused/ti", "scale_weights/ni/4px"} <= set(first["folds"][0]["explained"])
+    assert {"modality_weights/fused/ti", "scale_weights/ni/4px", "stability/modalities"} <= set(first["folds"][0])
 
     from models.multiscale_moe_reid import MultiScaleMoEConfig, MultiScaleMoEReID
 
@@ -91,15 +91,21 @@ def test_cross_modal_runs_mask_a_missing_modality_and_repeat_exactly(workdir, rg
     torch.testing.assert_close(network.embed(changed, mask)[0], network.embed(images, mask)[0])
 
 
+def _error_line(capsys, *argv):
+    code = run.main(list(argv))
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1, errors
+    return errors[0]
+
+
 def test_a_missing_modality_file_is_a_one_line_error_by_default(capsys, workdir, rgbnt):
-    code = run.main(["--model", "bot_reid", "--data", str(rgbnt), "data.name=rgbnt201", "train.epochs=1", "tracking=false"])
-    err = capsys.readouterr().err
-    assert code == 2 and "TI" in err and len(err.strip().splitlines()) == 1
+    line = _error_line(capsys, "--model", "bot_reid", "--data", str(rgbnt), "data.name=rgbnt201", "train.epochs=1",
+                       "tracking=false")  # fmt: skip
+    assert "TI" in line and ".jpg" in line and "missing_modality" in line
 
 
 def test_more_folds_than_identities_is_a_one_line_error(capsys, workdir, rgbnt):
-    code = run.main(["--model", "bot_reid", "--data", str(rgbnt), "data.name=rgbnt201", "data.options.missing_modality=mask",
-                     "--folds", "30", "tracking=false"])  # fmt: skip
-    err = capsys.readouterr().err
-    assert code == 2 and "greater than the number of groups: 24" in err
+    line = _error_line(capsys, "--model", "bot_reid", "--data", str(rgbnt), "--folds", "30", "data.name=rgbnt201",
+                       "data.options.missing_modality=mask", "tracking=false")  # fmt: skip
+    assert "--folds 30 is more than the 24 groups ('pid' values)" in line
     assert not (workdir / "submissions").exists()
