@@ -109,3 +109,42 @@ def test_more_folds_than_identities_is_a_one_line_error(capsys, workdir, rgbnt):
                        "data.options.missing_modality=mask", "tracking=false")  # fmt: skip
     assert "--folds 30 is more than the 24 groups ('pid' values)" in line
     assert not (workdir / "submissions").exists()
+
+
+@pytest.mark.parametrize("name", ["multiscale_moe_reid", "bot_reid"])
+def test_search_space_gives_valid_configs(name):
+    import optuna
+
+    from harness.config import TrainConfig, check_train_config
+    from harness.registry import create_model, get_model_entry
+
+    entry = get_model_entry(name)
+    for seed in range(4):
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+        params = entry.search_space(trial)
+        assert set(params) <= {"model", "train"}
+        create_model(name, params["model"])
+        check_train_config(TrainConfig(**params["train"]))
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"fusion": "attention"}, "model.fusion must be one of moe, mlp"),
+    ({"gate_depth": 4}, "model.gate_depth must be 1, 2 or 3"),
+    ({"temperature": 0}, "model.temperature must be > 0"),
+])  # fmt: skip
+def test_bad_multiscale_settings_are_one_line_errors(params, match):
+    from harness.errors import HarnessError
+    from harness.registry import create_model
+
+    with pytest.raises(HarnessError, match=match):
+        create_model("multiscale_moe_reid", params)
+
+
+def test_scales_must_fit_the_backbone_and_the_image():
+    from harness.errors import HarnessError
+    from models.multiscale_moe_reid import MultiScaleMoEConfig, MultiScaleMoEReID
+
+    with pytest.raises(HarnessError, match=r"model.scales \[2\] are not multiples of the backbone's stride 4"):
+        MultiScaleMoEReID(MultiScaleMoEConfig(scales=[2, 8]), 5, ("rgb",), (64, 32))
+    with pytest.raises(HarnessError, match="a 128-px window is larger than the 64x32 images"):
+        MultiScaleMoEReID(MultiScaleMoEConfig(scales=[4, 128]), 5, ("rgb",), (64, 32))
