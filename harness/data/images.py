@@ -75,6 +75,7 @@ from harness.tasks import TaskType
 
 __all__ = [
     "load_pixels",
+    "decode_image",
     "read_cifar10",
     "read_cifar100",
     "read_mnist",
@@ -121,11 +122,14 @@ def load_pixels(dataset: Dataset, frame: pd.DataFrame) -> np.ndarray:
     resize = dataset.options.get("image_size") is not None
     pixels = np.empty((len(frame), height, width, channels), dtype=np.uint8)
     for row, path in enumerate(frame["image_path"]):
-        pixels[row] = _decode(Path(path), (height, width, channels), resize)
+        pixels[row] = decode_image(Path(path), (height, width, channels), resize)
     return pixels
 
 
-def _decode(path: Path, shape: tuple[int, int, int], resize: bool) -> np.ndarray:
+def decode_image(path: Path, shape: tuple[int, int, int], resize: bool,
+                 hint: str = "pass image_size=<pixels> to resize every image to a square") -> np.ndarray:  # fmt: skip
+    """One file as uint8 ``[H, W, C]`` (C 1 or 3), resized to ``shape`` if ``resize``; else another
+    size is a :class:`HarnessError` naming the file and ending with ``hint``."""
     height, width, channels = shape
     try:
         with Image.open(path) as image:
@@ -135,8 +139,7 @@ def _decode(path: Path, shape: tuple[int, int, int], resize: bool) -> np.ndarray
     if image.size != (width, height):
         if not resize:
             raise HarnessError(
-                f"{path}: image is {image.width}x{image.height}, expected {width}x{height} like the others; "
-                "pass image_size=<pixels> to resize every image to a square."
+                f"{path}: image is {image.width}x{image.height}, expected {width}x{height} like the others; {hint}."
             )
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)

@@ -85,6 +85,7 @@ import pandas as pd
 from PIL import Image, ImageFilter
 
 from harness.data import Dataset, DatasetSpec, register_dataset
+from harness.data.images import decode_image
 from harness.errors import HarnessError
 from harness.tasks import TaskType
 
@@ -638,27 +639,12 @@ def load_reid_pixels(dataset: Dataset, frame: pd.DataFrame, modality: str = "rgb
         raise HarnessError(f"the frame has no {column!r} column for the {modality!r} modality.")
     height, width, _ = dataset.meta["image_shape"]
     resize = dataset.options.get("image_size") is not None
+    hint = "pass image_size=(height, width) to resize every image"
     pixels = np.zeros((len(frame), height, width, 3), dtype=np.uint8)
     for row, path in enumerate(frame[column]):
         if path is not None and path == path:  # None or NaN: masked
-            pixels[row] = _decode(Path(path), height, width, resize)
+            pixels[row] = decode_image(Path(path), (height, width, 3), resize, hint)
     return pixels
-
-
-def _decode(path: Path, height: int, width: int, resize: bool) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise HarnessError(f"{path}: not a decodable image ({_one_line(exc)}).") from exc
-    if image.size != (width, height):
-        if not resize:
-            raise HarnessError(
-                f"{path}: image is {image.width}x{image.height}, expected {width}x{height} like the others; "
-                "pass image_size=(height, width) to resize every image."
-            )
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
 
 
 def modality_mask(frame: pd.DataFrame, modalities: Iterable[str]) -> np.ndarray:

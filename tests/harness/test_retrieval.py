@@ -1,6 +1,5 @@
 """The retrieval task: metrics against a brute-force reference, per-fold galleries, blends, submissions."""
 
-import dataclasses
 
 import numpy as np
 import pandas as pd

@@ -1,6 +1,5 @@
 """The re-ID families end to end: beat trivial baselines, rank on the leaderboard, mask modalities, repeat exactly."""
 
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -10,7 +9,7 @@ import torch
 import run
 from harness.cv import make_run_config, run_cv
 from harness.data.reid import (colour_histogram_features, generate_reid, load_reid_pixels, raw_pixel_features,
-                               read_market1501, read_rgbnt201)  # fmt: skip
+                               read_market1501)  # fmt: skip
 from harness.tasks.reid import TASK, ReIDEmbeddings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
