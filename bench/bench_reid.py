@@ -31,7 +31,6 @@ identity and camera; matches score nearer than non-matches on average, with over
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 import warnings
@@ -39,6 +38,7 @@ import warnings
 import numpy as np
 import torch
 
+import torchreid_peer  # bench/torchreid_peer.py (benches run as scripts: bench/ is on the path)
 from harness.metrics import reid_from_distances
 
 
@@ -97,29 +97,6 @@ def stable_sort_engine(distmat, q_pids, g_pids, q_cams, g_cams, max_rank: int = 
         n_valid += int(valid.sum())
     return {"cmc": np.cumsum(first_hits) / n_valid, "map": float(np.concatenate(aps).mean()),
             "minp": float(np.concatenate(inps).mean()), "n_queries": n_valid}
-
-
-def load_torchreid():
-    """``evaluate_rank`` from torchreid and how it was imported, or (None, reason)."""
-    try:
-        from torchreid.metrics import evaluate_rank
-
-        return evaluate_rank, "torchreid.metrics"
-    except Exception as exc:  # noqa: BLE001 -- torchreid's package import pulls in cv2, gdown, ...
-        reason = f"{type(exc).__name__}: {exc}"
-    spec = importlib.util.find_spec("torchreid")
-    if spec is None or not spec.submodule_search_locations:
-        return None, reason
-    path = os.path.join(next(iter(spec.submodule_search_locations)), "reid", "metrics", "rank.py")
-    if not os.path.exists(path):
-        return None, reason
-    # the package __init__ failed (a dependency of its data/model code); its rank.py needs numpy only
-    rank_spec = importlib.util.spec_from_file_location("torchreid_rank", path)
-    module = importlib.util.module_from_spec(rank_spec)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Cython evaluation ... unavailable"
-        rank_spec.loader.exec_module(module)
-    return module.evaluate_rank, f"{path} (package import failed: {reason})"
 
 
 def main() -> None:
@@ -185,7 +162,7 @@ def main() -> None:
     if args.no_torchreid:
         print("torchreid: skipped (--no-torchreid)")
         return
-    evaluate_rank, how = load_torchreid()
+    evaluate_rank, how = torchreid_peer.load("metrics.rank", "evaluate_rank")
     if evaluate_rank is None:
         print(f"torchreid: not importable ({how}); run with .venv-bench/bin/python")
         return

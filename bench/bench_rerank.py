@@ -27,7 +27,6 @@ the peak above what was allocated before the call), slower than the timed one.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 import tracemalloc
@@ -36,6 +35,7 @@ import warnings
 import numpy as np
 import torch
 
+import torchreid_peer  # bench/torchreid_peer.py (benches run as scripts: bench/ is on the path)
 from harness.metrics import reid_from_distances
 from harness.reranking import k_reciprocal_rerank
 
@@ -63,29 +63,6 @@ def squared_euclidean(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """torchreid's ``euclidean_squared_distance``: ``|a|^2 + |b|^2 - 2 a b^T``, not clamped."""
     d = (a * a).sum(dim=1, keepdim=True) + (b * b).sum(dim=1)[None, :]
     return d.addmm_(a, b.T, beta=1, alpha=-2).numpy()
-
-
-def load_torchreid():
-    """torchreid's ``re_ranking`` and where it came from, or (None, reason)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Cython evaluation ... unavailable"
-            from torchreid.reid.utils import re_ranking  # 0.2.5; exposed as torchreid.utils.re_ranking
-
-        return re_ranking, "torchreid.reid.utils"
-    except Exception as exc:  # noqa: BLE001 -- the package import pulls in cv2, gdown, ...
-        reason = f"{type(exc).__name__}: {exc}"
-    spec = importlib.util.find_spec("torchreid")
-    if spec is None or not spec.submodule_search_locations:
-        return None, reason
-    path = os.path.join(next(iter(spec.submodule_search_locations)), "reid", "utils", "rerank.py")
-    if not os.path.exists(path):
-        return None, reason
-    # the package __init__ failed (a dependency of its data/model code); rerank.py needs numpy only
-    module_spec = importlib.util.spec_from_file_location("torchreid_rerank", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.re_ranking, f"{path} (package import failed: {reason})"
 
 
 def timed(fn):
@@ -154,7 +131,7 @@ def main() -> None:
     if args.no_torchreid:
         print("torchreid: skipped (--no-torchreid)")
         return
-    re_ranking, how = load_torchreid()
+    re_ranking, how = torchreid_peer.load("utils.rerank", "re_ranking")
     if re_ranking is None:
         print(f"torchreid: not importable ({how}); run with .venv-bench/bin/python to time it too")
         return
