@@ -28,14 +28,16 @@ the same trunk and multi-scale MoE, then one **modality expert** per modality
 seed's ``CrossModalMoE``). A modality a row lacks is masked out of the gate (weight exactly 0;
 its features are zeroed in the gate's input), never fused as zeros.
 
-Routing outputs (validation rows of each fold, after training): ``scale_weights/<modality>/<s>px``
-(the mean gate weight of each scale, a heatmap over the folds), ``modality_weights/fused/<m>``,
-``usage/<gate>_variance`` (variance of the mean weights: 0 balanced), ``activation/<gate>_rate``
-(share of weights above ``activation_threshold``), ``stability/<gate>_variance`` (variance of an
-identity's weights across its images and cameras, averaged over identities and experts: 0 means a
-person is routed the same way by every camera) and ``expert_weights.png`` in the fold's
-directory (the weights of validation images, sorted by identity: the seed's heatmap). Every epoch
-logs ``loss/<part>`` and ``routing/<gate>_<expert>`` (mean training weights).
+Routing outputs (validation rows of each fold, after training), per gate (``scales_<modality>``,
+and ``modalities`` for the cross-modal gate): ``scale_weights/<modality>/<s>px`` and
+``modality_weights/fused/<m>`` (mean gate weights; heatmaps over the folds), ``usage/<gate>``
+(variance of the mean weights: 0 balanced), ``activation/<gate>`` (share of weights above
+``activation_threshold``, by default the uniform share 1/E), ``stability/<gate>`` (variance of
+an identity's weights across its images and cameras, averaged over identities and experts: 0
+means a person is routed the same way by every camera) and ``expert_weights.png`` in the fold's
+directory (the weights of validation images, sorted by identity: the seed's heatmap). Every
+epoch logs ``loss/<part>`` and ``routing/scale_<s>px`` / ``routing/modality_<m>`` (mean training
+weights).
 
 Defaults are sized for the embedded 64x32 images on a CPU (3x3 stride-2 stem, width 16, two
 stages: a stride-4 map, so a 4-px window is one cell). For Market-1501 at 256x128 on a GPU, the usual re-ID backbone::
@@ -93,7 +95,7 @@ class MultiScaleMoEConfig:
     triplet_margin: float = 0.3
     triplet_weight: float = 1.0
     instances_per_id: int = 4  # K of the P x K batches (P = train.batch_size / K)
-    activation_threshold: float = 0.2  # a gate weight above this counts as an active expert (reports)
+    activation_threshold: float | None = None  # a gate weight above this counts as active (reports); None: 1/E
     augmentation: str = "crop_flip_erase"
 
 
@@ -216,8 +218,12 @@ def _check_scales(scales, stride: int, image_hw: tuple[int, int]) -> list[int]:
     return scales
 
 
-def routing_summary(weights: np.ndarray, pids: np.ndarray, names: list[str], threshold: float) -> dict[str, float]:
-    """Usage variance, activation rate and gate stability of one gate's weights ``[N, E]`` (see the module docstring)."""
+def routing_summary(weights: np.ndarray, pids: np.ndarray, names: list[str], threshold: float | None) -> dict[str, float]:
+    """Usage variance, activation rate and gate stability of one gate's weights ``[N, E]`` (see the module docstring).
+
+    ``threshold`` None: an expert is active where its weight exceeds the uniform share ``1/E``.
+    """
+    threshold = 1.0 / weights.shape[1] if threshold is None else threshold
     usage = float(np.var(weights.mean(0), ddof=1)) if weights.shape[1] > 1 else 0.0
     frame = pd.DataFrame(weights, columns=names).assign(pid=pids)
     spread = frame.groupby("pid").filter(lambda g: len(g) > 1).groupby("pid")[names].var(ddof=0)
@@ -321,5 +327,7 @@ def multiscale_moe_reid(config: MultiScaleMoEConfig) -> MultiScaleMoEFamily:
     check_fields(config, POSITIVE_INT, "width", "embed_dim", "instances_per_id")
     check_fields(config, POSITIVE, "temperature")
     check_fields(config, NON_NEGATIVE, "balance_weight", "triplet_margin", "triplet_weight")
-    check_fields(config, FRACTION, "dropout", "label_smoothing", "activation_threshold")
+    check_fields(config, FRACTION, "dropout", "label_smoothing")
+    if config.activation_threshold is not None:
+        check_fields(config, FRACTION, "activation_threshold")
     return MultiScaleMoEFamily(config)
