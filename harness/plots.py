@@ -182,6 +182,9 @@ def print_results(result: dict[str, Any], log: Callable[[str], Any] = print) -> 
     log(f"CV {metric}: {result[f'cv_{metric}_mean']:.4f} ± {result[f'cv_{metric}_std']:.4f}   "
         f"OOF {metric}: {result[f'oof_{metric}']:.4f}   baseline: {result[f'baseline_{metric}_mean']:.4f}")  # fmt: skip
     report = _ranking_report_table(result)
+    tested = {key[5:]: value for key, value in result.items() if key.startswith("test_") and isinstance(value, float)}
+    if tested and report is None:  # the test split's own targets (e.g. re-ID's query / gallery)
+        log("test: " + ", ".join(f"{name} {value:.4g}" for name, value in tested.items()))
     if report is not None:
         with console.capture() as capture:
             console.print(report)
