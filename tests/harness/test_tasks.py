@@ -39,9 +39,12 @@ def test_classification_adapter_uses_probabilities(regression_dataset):
     assert adapter.submission(dataset, frame["id"], proba)["label"].tolist() == ["cat", "dog", "dog", "dog", "bird", "cat"]
 
 
-def test_tasks_without_an_adapter_say_so():  # re-identification arrives with its family
-    with pytest.raises(NotImplementedError, match="reid"):
-        get_task_adapter(TaskType.REID)
+@pytest.mark.parametrize("task", list(TaskType))
+def test_every_task_type_has_an_adapter_with_the_whole_contract(task):
+    adapter = get_task_adapter(task)
+    methods = ("score", "report", "baseline", "check_folds", "assemble", "average", "take", "to_frame", "from_frame",
+               "blend", "submission")  # fmt: skip
+    assert all(callable(getattr(adapter, name, None)) for name in methods) and isinstance(adapter.fold_blendable, bool)
 
 
 def _classification(regression_dataset, labels, n_classes=3):

@@ -194,7 +194,7 @@ def test_search_space_gives_valid_configs(name):
         ("diff_moe", {"img_size": 32}, r"^model\.img_size is read from the dataset; leave it unset, got 32\.$"),
         ("diff_moe", {"top_k": 5}, r"^model\.top_k must be <= model\.num_general_experts \(4\), got 5\.$"),
         ("diff_moe", {"augmentation": "mixup"},
-         r"^model\.augmentation must be one of none, crop, crop_flip, got 'mixup'\.$"),
+         r"^model\.augmentation must be one of none, crop, crop_flip, crop_flip_erase, got 'mixup'\.$"),
         ("diff_moe", {"patch_size": 0}, r"^model\.patch_size must be a positive integer, got 0\.$"),
         ("diff_moe", {"embed_dim": "wide"}, r"^model\.embed_dim must be an integer, got 'wide'\.$"),
         ("diff_moe", {"experts": 4}, r"^Unknown model key 'model\.experts'; valid keys: img_size, "),
