@@ -47,9 +47,10 @@ from torch.utils.data import Sampler, TensorDataset
 from harness.blending import normalise_weights
 from harness.data.reid import colour_histogram_features, load_reid_pixels, modality_mask, split_query_gallery
 from harness.errors import HarnessError
-from harness.metrics import reid_metrics
+from harness.metrics import reid_from_distances, reid_metrics
 from harness.pixels import Standardiser, augment, check_augmentation
 from harness.registry import Family, FitContext
+from harness.reranking import rerank_from_features
 from harness.tasks import TaskType
 from harness.trainer import Trainer
 
@@ -119,12 +120,12 @@ class ReIDTask:
         is_query, is_gallery = roles(rows)
         pids, cams = rows["pid"].to_numpy(np.int64), rows["camid"].to_numpy(np.int64)
         totals, n_queries, n_skipped = dict.fromkeys(REPORT, 0.0), 0, 0
+        features = predictions.normalised()  # once, not per embedding space
         for space in np.unique(predictions.space):
             in_space = predictions.space == space
             q, g = np.flatnonzero(in_space & is_query), np.flatnonzero(in_space & is_gallery)
             if len(q) == 0 or len(g) == 0:
                 continue
-            features = predictions.normalised()
             if rerank:
                 result = _reranked_metrics(features[q], features[g], (pids[q], pids[g]), (cams[q], cams[g]),
                                            self.rerank_options)  # fmt: skip
@@ -150,7 +151,8 @@ class ReIDTask:
 
     def check_folds(self, dataset, folds: pd.DataFrame) -> None:
         """No identity in two folds, and every validation fold has queries with a cross-camera match."""
-        rows = dataset.train.assign(fold=folds.set_index("id")["fold"].reindex(dataset.train[dataset.id_col].astype(str)).to_numpy())
+        fold_of = folds.set_index("id")["fold"]
+        rows = dataset.train.assign(fold=fold_of.reindex(dataset.train[dataset.id_col].astype(str)).to_numpy())
         spread = rows.groupby("pid")["fold"].nunique()
         if (spread > 1).any():
             pid = spread.index[spread > 1][0]
@@ -220,9 +222,7 @@ class ReIDTask:
 
 
 def _reranked_metrics(qf: np.ndarray, gf: np.ndarray, pids, cams, options: dict[str, Any]) -> dict[str, Any]:
-    from harness.metrics import reid_from_distances
-    from harness.reranking import rerank_from_features
-
+    """The report's metrics on k-reciprocal re-ranked cosine distances."""
     distances = rerank_from_features(qf, gf, metric="cosine", **options)
     result = reid_from_distances(distances, pids[0], pids[1], cams[0], cams[1])
     return {"map": result["map"], "minp": result["minp"], "n_queries": result["n_queries"],
