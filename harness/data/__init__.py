@@ -220,4 +220,4 @@ def _array_digest(array: np.ndarray) -> str:
 
 def _import_builtin_datasets() -> None:
     # Built-in datasets register themselves on import.
-    from harness.data import flickr8k, images, movielens, reid, views  # noqa: F401
+    from harness.data import amazon, flickr8k, images, movielens, reid, views  # noqa: F401

@@ -86,6 +86,15 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from harness.data import Dataset, DatasetSpec, register_dataset
+from harness.data.sequences import (
+    TIE_ORDERS,
+    build_sequences,
+    check_sequence_options,
+    files_by_stem,
+    history_texts,
+    k_core,
+    leave_one_out,
+)
 from harness.errors import HarnessError
 from harness.tasks import TaskType
 
@@ -122,8 +131,6 @@ _FILES = {
     "ml-100k": {"ratings": "u.data", "movies": "u.item", "users": "u.user"},
     "csv": {"ratings": "ratings.csv", "movies": "movies.csv", "links": "links.csv"},
 }
-TIE_ORDERS = ("file", "item_id")  # orders of a user's interactions with equal timestamps
-_POSTER_SUFFIXES = (".jpg", ".jpeg", ".png")  # preference order when one movie has several
 _TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)$")
 _INTEGER = r"\s*[+-]?\d+\s*"
 
@@ -167,13 +174,8 @@ def read_movielens(
             ratings file's row order) or ``"item_id"`` (ascending raw movie id).
     """
     root = Path(root)
-    _check_reader_args(min_rating, min_user_interactions, min_item_interactions)
-    if isinstance(sampled_negatives, bool) or not isinstance(sampled_negatives, Integral) or sampled_negatives < 1:
-        raise HarnessError(f"sampled_negatives must be an integer >= 1, got {sampled_negatives!r}.")
-    if negative_sampling not in ("uniform", "popularity"):
-        raise HarnessError(f"negative_sampling must be 'uniform' or 'popularity', got {negative_sampling!r}.")
-    if tie_order not in TIE_ORDERS:
-        raise HarnessError(f"tie_order must be one of {', '.join(map(repr, TIE_ORDERS))}, got {tie_order!r}.")
+    check_sequence_options(min_rating, min_user_interactions, min_item_interactions, sampled_negatives,
+                           negative_sampling, tie_order)  # fmt: skip
     fmt, paths = _detect_format(root)
     ratings_path = paths["ratings"]
 
@@ -187,48 +189,14 @@ def read_movielens(
             f"{ratings_path}: {unknown.sum()} ratings reference movie ids missing from {paths['movies'].name} "
             f"(e.g. {examples}); every rated movie needs a row there."
         )
-    stats = {"ratings_read": len(users)}
-    n_users_before, n_items_before = len(np.unique(users)), len(np.unique(items))
-    rows = np.arange(len(users))  # the file's row order
 
-    # one interaction per (user, movie), the latest; then the rating threshold
-    order = np.lexsort((rows, ratings, timestamps, items, users))
-    users, items, ratings, timestamps, rows = users[order], items[order], ratings[order], timestamps[order], rows[order]
-    last = np.r_[(users[1:] != users[:-1]) | (items[1:] != items[:-1]), True]
-    stats["duplicates"] = int((~last).sum())
-    above = np.ones(len(users), bool) if min_rating is None else ratings >= min_rating
-    stats["below_min_rating"] = int((last & ~above).sum())
-    keep = last & above
-    users, items, timestamps, rows = users[keep], items[keep], timestamps[keep], rows[keep]
-    stats["ratings_after_threshold"] = len(users)
-
-    # iterative k-core
-    keep = _k_core(users, items, min_user_interactions, min_item_interactions)
-    stats["interactions_filtered"] = int((~keep).sum())
-    users, items, timestamps, rows = users[keep], items[keep], timestamps[keep], rows[keep]
-    if not len(users):
-        raise HarnessError(
-            f"{ratings_path}: no interactions left after min_rating={min_rating}, "
-            f"min_user_interactions={min_user_interactions}, min_item_interactions={min_item_interactions} "
-            f"({stats['ratings_read']} ratings read); lower the thresholds."
-        )
-    raw_users, raw_items = np.unique(users), np.unique(items)
-    stats["users_filtered"] = n_users_before - len(raw_users)
-    stats["items_filtered"] = n_items_before - len(raw_items)
-    report = _filter_report(stats, n_users_before, n_items_before, min_rating, min_user_interactions,
-                            min_item_interactions)  # fmt: skip
-    if report:
-        warnings.warn(f"{ratings_path.name}: {report}", UserWarning, stacklevel=2)
-
-    # sequences: remapped ids, time order, equal times in file or movie-id order
-    user_ids = np.searchsorted(raw_users, users) + 1
-    item_ids = np.searchsorted(raw_items, items) + 1
-    order = np.lexsort((rows if tie_order == "file" else item_ids, timestamps, user_ids))
-    user_ids, item_ids, timestamps = user_ids[order], item_ids[order], timestamps[order]
-    same_user = user_ids[1:] == user_ids[:-1]
-    stats["tied_timestamps"] = int((same_user & (timestamps[1:] == timestamps[:-1])).sum())
-    sequences = np.split(item_ids, np.flatnonzero(~same_user) + 1)
-    stats.update(users=len(raw_users), items=len(raw_items), interactions=len(item_ids))
+    # merged, thresholded, k-core filtered, time-ordered sequences
+    built = build_sequences(users, items, ratings, timestamps, source=ratings_path, min_rating=min_rating,
+                            min_user_interactions=min_user_interactions, min_item_interactions=min_item_interactions,
+                            tie_order=tie_order, item_noun="movie")  # fmt: skip
+    if built.report:
+        warnings.warn(f"{ratings_path.name}: {built.report}", UserWarning, stacklevel=2)
+    raw_users, raw_items, sequences, stats = built.raw_users, built.raw_items, built.sequences, built.stats
 
     # side tables: catalogue, users, texts
     catalogue = movies.set_index("movie_id").loc[raw_items].reset_index()
@@ -247,18 +215,7 @@ def read_movielens(
     if profiles is not None:
         user_table = user_table.join(profiles.reset_index(drop=True))
 
-    train = pd.DataFrame({
-        "user_id": np.arange(1, len(raw_users) + 1, dtype=np.int64),
-        "history": _object_column([s[:-2].copy() for s in sequences]),
-        "target": np.array([s[-2] for s in sequences], dtype=np.int64),
-        "user_text": texts,
-    })  # fmt: skip
-    test = pd.DataFrame({
-        "user_id": train["user_id"].to_numpy(),
-        "history": _object_column([s[:-1].copy() for s in sequences]),
-        "target": np.array([s[-1] for s in sequences], dtype=np.int64),
-        "user_text": texts,
-    })  # fmt: skip
+    train, test = leave_one_out(sequences, texts)
     return Dataset(
         name="movielens",
         task=TaskType.SEQUENTIAL_RECOMMENDATION,
@@ -283,39 +240,6 @@ def read_movielens(
         options={"min_rating": min_rating, "min_user_interactions": int(min_user_interactions),
                  "min_item_interactions": int(min_item_interactions), "tie_order": tie_order},  # fmt: skip
     )
-
-
-def _filter_report(stats: dict, n_users: int, n_items: int, min_rating, min_user: int, min_item: int) -> str:
-    """One sentence naming every interaction, user and movie the reader dropped, and why ('' if none)."""
-    parts = []
-    if stats["duplicates"]:
-        parts.append(f"merged {stats['duplicates']:,} repeated (user, movie) ratings into their latest")
-    if stats["below_min_rating"]:
-        parts.append(f"dropped {stats['below_min_rating']:,} ratings below min_rating={min_rating}")
-    if stats["interactions_filtered"]:
-        parts.append(
-            f"the k-core filter (at least {min_user} interactions per user and {min_item} per movie, repeated "
-            f"until stable) dropped {stats['interactions_filtered']:,} interactions"
-        )
-    dropped = [f"{stats[key]:,} of {total:,} {what}" for key, total, what in
-               (("users_filtered", n_users, "users"), ("items_filtered", n_items, "movies")) if stats[key]]  # fmt: skip
-    if dropped:
-        parts.append(f"{' and '.join(dropped)} are left out (in neither train nor test)")
-    return "; ".join(parts) + "." if parts else ""
-
-
-def _check_reader_args(min_rating, min_user_interactions, min_item_interactions) -> None:
-    if min_rating is not None and (
-        isinstance(min_rating, bool) or not isinstance(min_rating, Real) or not np.isfinite(min_rating)
-    ):
-        raise HarnessError(f"min_rating must be a number or None (keep every rating), got {min_rating!r}.")
-    for name, value, least, why in (
-        ("min_user_interactions", min_user_interactions, 3,
-         "leave-one-out needs a history, a validation item and a test item per user"),
-        ("min_item_interactions", min_item_interactions, 1, "an item needs an interaction to be in the catalogue"),
-    ):  # fmt: skip
-        if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
-            raise HarnessError(f"{name} must be an integer >= {least} ({why}), got {value!r}.")
 
 
 def _detect_format(root: Path) -> tuple[str, dict[str, Path]]:
@@ -595,18 +519,12 @@ def _fallback_description(title: str, genres: str) -> str:
 def _posters(root: Path, catalogue: pd.DataFrame, stats: dict) -> list[str | None]:
     """Absolute path of each item's poster (existence only, not decoded), else ``None``."""
     folder = root / "posters"
+    paths, unknown = files_by_stem(folder, _id_keys(catalogue["movie_id"]))
     stats["posters_found"] = stats["unknown_poster_ids"] = 0
     if not folder.is_dir():
-        return [None] * len(catalogue)
-    images = [p for p in folder.iterdir() if p.suffix.lower() in _POSTER_SUFFIXES and p.is_file()]
-    files: dict[str, Path] = {}  # movie id → its poster, .jpg before .jpeg before .png
-    for path in sorted(images, key=lambda p: (p.stem, _POSTER_SUFFIXES.index(p.suffix.lower()), p.name)):
-        files.setdefault(path.stem.strip(), path)
-    known = _id_keys(catalogue["movie_id"])
-    base = folder.absolute()
-    paths = [str(base / files[key].name) if key in files else None for key in known]
+        return paths
     stats["posters_found"] = sum(p is not None for p in paths)
-    stats["unknown_poster_ids"] = _warn_unknown(folder, set(files) - set(known), "poster files", "catalogue")
+    stats["unknown_poster_ids"] = _warn_unknown(folder, unknown, "poster files", "catalogue")
     if not stats["posters_found"]:
         warnings.warn(
             f"{folder}: no posters were found for the {len(catalogue)} movies (expected posters/<movieId>.jpg); "
@@ -638,23 +556,10 @@ def _user_texts(root: Path, raw_users: np.ndarray, sequences, catalogue: pd.Data
 
 def _history_preferences(histories, catalogue: pd.DataFrame, genres: list[str]) -> list[str]:
     """:data:`HISTORY_PREFERENCE_TEMPLATE` filled from each training history (``s_1 .. s_{n-2}``)."""
-    named = [g for g in genres if g != _NO_GENRE]
-    membership = np.zeros((len(catalogue) + 1, len(named)), dtype=np.int64)  # row 0: padding
-    column = {g: j for j, g in enumerate(named)}
-    for row, text in enumerate(catalogue["genres"], 1):
-        for g in text.split("|"):
-            if g in column:
-                membership[row, column[g]] = 1
-    titles = np.array(["", *catalogue["title"]], dtype=object)
-    out = []
-    for history in histories:
-        counts = membership[history].sum(axis=0)
-        top = [named[j] for j in np.lexsort((np.arange(len(named)), -counts)) if counts[j] > 0][:PREFERENCE_GENRES]
-        recent = titles[history[-PREFERENCE_TITLES:]]
-        out.append(HISTORY_PREFERENCE_TEMPLATE.format(
-            genres=", ".join(top) if top else "movies of any genre", titles="; ".join(recent)
-        ))  # fmt: skip
-    return out
+    return history_texts(histories, [text.split("|") for text in catalogue["genres"]], list(catalogue["title"]),
+                         [g for g in genres if g != _NO_GENRE], HISTORY_PREFERENCE_TEMPLATE,
+                         any_genre="movies of any genre", n_genres=PREFERENCE_GENRES,
+                         n_titles=PREFERENCE_TITLES)  # fmt: skip
 
 
 def _read_json_texts(path: Path, key_name: str) -> dict[str, str]:
@@ -688,26 +593,6 @@ def _warn_unknown(path: Path | None, unknown: set[str], what: str, where: str) -
 def _genres_present(genres: pd.Series) -> list[str]:
     present = {g for text in genres for g in text.split("|") if g}
     return [g for g in STANDARD_GENRES if g in present] + sorted(present - set(STANDARD_GENRES))
-
-
-def _k_core(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
-    """Mask of the interactions left once every user has ``>= min_user`` and every item ``>= min_item``."""
-    user_codes = np.unique(users, return_inverse=True)[1].ravel()
-    item_codes = np.unique(items, return_inverse=True)[1].ravel()
-    keep = np.ones(len(users), dtype=bool)
-    while True:
-        user_counts = np.bincount(user_codes[keep], minlength=user_codes.max(initial=-1) + 1)
-        item_counts = np.bincount(item_codes[keep], minlength=item_codes.max(initial=-1) + 1)
-        still = keep & (user_counts[user_codes] >= min_user) & (item_counts[item_codes] >= min_item)
-        if (still == keep).all():
-            return keep
-        keep = still
-
-
-def _object_column(values: list) -> np.ndarray:
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
 
 
 def _clip(text: str, n: int = 80) -> str:
@@ -892,7 +777,7 @@ def generate_movielens(
     # who gets side texts and posters: the survivors of the reader's default 5-core
     user_col = np.repeat(np.arange(n_users), lengths)
     item_col = np.concatenate(sequences)
-    keep = _k_core(user_col, item_col, 5, 5)
+    keep = k_core(user_col, item_col, 5, 5)
     kept_users, kept_items = np.unique(user_col[keep]), np.unique(item_col[keep])
 
     root = Path(root)
