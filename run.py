@@ -6,6 +6,7 @@
     python run.py tune --model clip_multimodal --folds 3 --trials 30
     python run.py ensemble --runs ID1,ID2 --method weighted_mean --weights optimize
     python run.py leaderboard --dataset views --format md
+    python run.py score submissions/clip_multimodal-1a2b3c4d.csv --dataset views [--private]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def cv_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py",
         description="Cross-validate a registered model family and write a submission. "
-        "Other commands: run.py ensemble --help, run.py leaderboard --help.",
+        "Other commands: run.py tune|ensemble|leaderboard|score --help.",
         epilog="Overrides: key=value pairs such as train.lr=3e-4, model.freeze_clip=false, "
         "data.options.columns.id=video_id.",
     )
@@ -28,7 +29,9 @@ def cv_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", type=int, help="number of CV folds (default 3)")
     parser.add_argument("--data", help="directory with real data in the dataset's format (default: embedded data)")
     parser.add_argument("--config", help="YAML file with run, data, train and model settings")
-    parser.add_argument("--seed", type=int, help="seed for folds, initialisation and shuffling (default 42)")
+    parser.add_argument("--seed", type=int, help="seed for initialisation and shuffling, and the folds (default 42)")
+    parser.add_argument("--fold-seed", type=int, help="seed for the fold split only (default: --seed); runs that "
+                        "share it share a fold file and blend")  # fmt: skip
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--workers", type=int, help="run this many folds at once, one process each (default 1)")
     parser.add_argument("--devices", help="comma-separated devices, one fold worker each (e.g. cuda:0,cuda:1)")
@@ -67,12 +70,34 @@ def ensemble_parser() -> argparse.ArgumentParser:
 
 
 def leaderboard_parser() -> argparse.ArgumentParser:
+    from harness.leaderboard import BOARDS
+
     parser = argparse.ArgumentParser(prog="run.py leaderboard", description="Rank CV runs and ensembles.")
     parser.add_argument("--dataset", help="only this dataset")
     parser.add_argument("--metric", help="only runs scored with this metric")
     parser.add_argument("--all-data", action="store_true", help="rank runs on different data fingerprints together")
+    parser.add_argument("--board", default="cv", choices=BOARDS,
+                        help="rank by CV score (default) or by the public / private score of scored submissions")
     parser.add_argument("--format", default="table", choices=("table", "csv", "md"))
     parser.add_argument("--plot", metavar="PATH", help="also write a PNG comparison plot")
+    return parser
+
+
+def score_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run.py score",
+        description="Check a submission file against the dataset's format and score it on the held-out test "
+        "labels: the public board's score, and the private one with --private. Logged to MLflow.",
+    )
+    parser.add_argument("submission", metavar="SUBMISSION.csv")
+    parser.add_argument("--dataset", required=True, help="the dataset the file answers (e.g. views, movielens)")
+    parser.add_argument("--data", help="directory with real data in the dataset's format (default: embedded data)")
+    parser.add_argument("--metric", help="any metric of the task (default: the dataset's)")
+    parser.add_argument("--labels", metavar="FILE", help="the test targets in the submission's format, for test "
+                        "files without them (default: test_labels.csv in the data directory)")  # fmt: skip
+    parser.add_argument("--private", action="store_true", help="also print the private board's score")
+    parser.add_argument("overrides", nargs="*", metavar="data.options.key=value",
+                        help="reader options, as for a CV run")  # fmt: skip
     return parser
 
 
@@ -97,8 +122,8 @@ def config_layers(args: argparse.Namespace) -> tuple:
 
     if not args.model:
         raise HarnessError("--model is required (see --list-models).")
-    flags = {"folds": args.folds, "seed": args.seed, "device": args.device, "workers": args.workers,
-             "devices": args.devices, "data": {"dir": args.data}}  # fmt: skip
+    flags = {"folds": args.folds, "seed": args.seed, "fold_seed": args.fold_seed, "device": args.device,
+             "workers": args.workers, "devices": args.devices, "data": {"dir": args.data}}  # fmt: skip
     best = None
     if args.params == "best":
         from harness.tune import load_best_params
@@ -153,23 +178,32 @@ def ensemble(args: argparse.Namespace) -> None:
 def leaderboard(args: argparse.Namespace) -> None:
     from harness.leaderboard import leaderboard as build, plot, render
 
-    frame = build(dataset=args.dataset, metric=args.metric, all_data=args.all_data)
-    print(render(frame, args.format))
+    frame = build(dataset=args.dataset, metric=args.metric, all_data=args.all_data, board=args.board)
+    print(render(frame, args.format, board=args.board))
     if args.plot:
-        print(f"plot: {plot(frame, args.plot)}")
+        print(f"plot: {plot(frame, args.plot, board=args.board)}")
+
+
+def score(args: argparse.Namespace) -> None:
+    from harness.config import parse_overrides
+    from harness.scoring import reader_options, score_submission
+
+    score_submission(args.submission, args.dataset, args.data, metric=args.metric, labels=args.labels,
+                     private=args.private, reader_options=reader_options(parse_overrides(args.overrides)))  # fmt: skip
 
 
 COMMANDS = {
     "tune": (tune_parser, tune),
     "ensemble": (ensemble_parser, ensemble),
     "leaderboard": (leaderboard_parser, leaderboard),
+    "score": (score_parser, score),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     make_parser, command = COMMANDS.get(argv[0], (cv_parser, cross_validate)) if argv else (cv_parser, cross_validate)
-    args = make_parser().parse_args(argv[1:] if argv and argv[0] in COMMANDS else argv)
+    args = make_parser().parse_intermixed_args(argv[1:] if argv and argv[0] in COMMANDS else argv)
     try:
         command(args)
         return 0

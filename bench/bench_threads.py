@@ -34,7 +34,7 @@ def one_fold(model: str, threads: int, workdir: str) -> tuple[float, float]:
     config = resolve_run_config(make_run_config(model, {"train": {**BUDGETS[model], "progress": False},
                                                         "threads_per_fold": threads}))  # fmt: skip
     dataset = load_dataset(config.data.name, data_root=config.data.root)
-    _, folds = get_folds(dataset, config.fold_scheme, config.folds, config.seed, config.folds_dir)
+    _, folds = get_folds(dataset, config.fold_scheme, config.folds, config.fold_seed, config.folds_dir)
     fold_of = dict(zip(folds["id"], folds["fold"]))
     train_fold = dataset.train[dataset.id_col].astype(str).map(fold_of).to_numpy()
     started = time.perf_counter()

@@ -68,7 +68,8 @@ class RunConfig:
     """One cross-validation run: what to train, on what, how to split and score."""
 
     model: str = ""  # registered model family
-    seed: int = 42  # seeds folds, initialisation, shuffling and sampling
+    seed: int = 42  # seeds initialisation, shuffling and sampling, and the folds unless fold_seed is set
+    fold_seed: int | None = None  # seeds the fold split (part of the fold file's name); None: seed
     folds: int = 3  # number of CV folds (K >= 2)
     fold_scheme: str | None = None  # kfold | stratified | group; None: the dataset's default
     metric: str | None = None  # validation/CV metric; None: the dataset's default

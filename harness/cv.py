@@ -40,6 +40,7 @@ from harness.io import atomic_write, load_checkpoint
 from harness.metrics import get_metric
 from harness.registry import Family, FitContext, create_model, get_model_entry, list_models
 from harness.runtime import git_commit, package_versions, resolve_device, seed_everything
+from harness.submissions import file_digest
 from harness.tasks import get_task_adapter
 from harness.tracking import DEFAULT_DIR, NullTracker, Tracker
 
@@ -91,6 +92,7 @@ def resolve_run_config(config: RunConfig) -> RunConfig:
     return dataclasses.replace(
         config,
         fold_scheme=config.fold_scheme or spec.fold_scheme,
+        fold_seed=config.seed if config.fold_seed is None else config.fold_seed,
         metric=metric.name,
         data=dataclasses.replace(config.data, name=dataset_name),
         model_params=model_params,
@@ -136,7 +138,7 @@ def run_cv(
         config.data.name, config.data.dir, data_root=config.data.root,
         reader_options=config.data.options, log=log,
     )  # fmt: skip
-    fold_path, folds = get_folds(dataset, config.fold_scheme, config.folds, config.seed, config.folds_dir)
+    fold_path, folds = get_folds(dataset, config.fold_scheme, config.folds, config.fold_seed, config.folds_dir)
     adapter.check_folds(dataset, folds)
     fold_of = dict(zip(folds["id"], folds["fold"]))
     train_fold = dataset.train[dataset.id_col].astype(str).map(fold_of).to_numpy()
@@ -159,7 +161,7 @@ def run_cv(
     if closed:
         log(f"marked {len(closed)} run(s) whose process is gone as KILLED: {', '.join(closed)}")
     log(f"{run_name}: {config.model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test rows), "
-        f"{config.folds} {config.fold_scheme} folds, metric {metric.name}, "
+        f"{config.folds} {config.fold_scheme} folds (fold seed {config.fold_seed}), metric {metric.name}, "
         f"devices {','.join(devices)}, {threads} threads per fold, seed {config.seed}")  # fmt: skip
     if resume is not None:
         log(f"{run_name}: resuming with folds {', '.join(map(str, sorted(finished))) or 'none'} already finished")
@@ -171,7 +173,8 @@ def run_cv(
         if parent_id is None:
             tracker.log_params(flatten(resolved))
             tracker.set_tags({
-                "seed": config.seed, "metric": metric.name, "greater_is_better": metric.greater_is_better,
+                "seed": config.seed, "fold_seed": config.fold_seed, "metric": metric.name,
+                "greater_is_better": metric.greater_is_better,
                 "fold_file": fold_path.name, "data_fingerprint": dataset.fingerprint, "git_commit": git_commit(),
                 "devices": ",".join(devices), "threads_per_fold": threads,
                 **{f"version.{k}": v for k, v in package_versions().items()},
@@ -256,6 +259,7 @@ def run_cv(
             atomic_write(run_dir / name, write)
         figures = plots.cv_plots(run_dir, dataset, oof, histories, metric, [o.explained for o in outcomes])
         atomic_write(submission_path, lambda p: submission.to_csv(p, index=False))
+        tracker.set_tags({"submission_sha256": file_digest(submission_path)})  # ties the file to this run when scored
         for path in [run_dir / name for name in artifacts] + figures:
             tracker.log_artifact(path)
         for k in sorted(histories):  # a family's own figures (e.g. routing, attention maps), per fold

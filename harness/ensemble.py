@@ -35,6 +35,7 @@ from harness.blending import METHODS, STACKERS, mean, median, normalise_weights,
 from harness.errors import HarnessError
 from harness.io import atomic_write
 from harness.metrics import get_metric
+from harness.submissions import file_digest
 from harness.tasks import get_task_adapter
 from harness.tracking import DEFAULT_DIR, Tracker, metric_key, tracking_uri
 
@@ -172,11 +173,12 @@ def load_member(run_id: str, checkpoint: str = "best") -> Member:
     )  # fmt: skip
 
 
-def top_runs(dataset: str, n: int, metric: str | None = None) -> list[str]:
-    """Ids of the ``n`` best finished CV runs of ``dataset`` by OOF ``metric`` (default: the dataset's).
+def top_runs(dataset: str, n: int, metric: str | None = None, log: Callable[[str], Any] = print) -> list[str]:
+    """Ids of the ``n`` best finished CV runs of ``dataset`` by OOF ``metric`` (default: the dataset's), to blend.
 
-    Only runs on the best run's fold file are considered, since runs on other folds cannot be
-    blended with it. Fewer than ``n`` ids come back when fewer runs qualify.
+    Only runs on the best run's fold file can be blended with it. The runs passed over for that
+    (those ranked above the last one chosen) are named with the reason (another fold file, other
+    data): in a note through ``log`` when at least two runs qualify, in the error when fewer do.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise HarnessError(f"--top must be a positive integer, got {n!r}.")
@@ -199,8 +201,37 @@ def top_runs(dataset: str, n: int, metric: str | None = None) -> list[str]:
     if not scored:
         raise HarnessError(f"No finished CV runs of dataset {dataset!r} with metric {metric!r} in {tracking_uri()}.")
     scored.sort(key=lambda r: r.data.metrics[key], reverse=direction.greater_is_better)
-    fold_file = scored[0].data.tags.get("fold_file")
-    return [r.info.run_id for r in scored if r.data.tags.get("fold_file") == fold_file][:n]
+    chosen, skipped = _on_one_fold_file(scored, n)
+    named = "; ".join(f"{run.info.run_name} ({run.info.run_id}): {reason}" for run, reason in skipped)
+    hint = " (runs that differ only in seed share a fold file when they share --fold-seed)" if skipped else ""
+    if len(chosen) < 2:
+        detail = f"; skipped {len(skipped)} run(s) that cannot be blended with it: {named}{hint}"
+        raise HarnessError(f"An ensemble needs at least 2 runs, got {len(chosen)} on the fold file of the best run "
+                           f"{chosen[0].info.run_name} ({chosen[0].data.tags.get('fold_file')})"
+                           f"{detail if skipped else ''}.")  # fmt: skip
+    if skipped:
+        log(f"skipped {len(skipped)} run(s) that cannot be blended with the best run {chosen[0].info.run_name}: "
+            f"{named}{hint}")  # fmt: skip
+    return [run.info.run_id for run in chosen]
+
+
+def _on_one_fold_file(runs: list, n: int) -> tuple[list, list]:
+    """The first ``n`` of ``runs`` (best first) on the first one's fold file, and the runs passed over
+    before the last of them, each with the reason."""
+    best = runs[0].data.tags
+    chosen, skipped = [], []
+    for run in runs:
+        if len(chosen) == n:
+            break
+        tags = run.data.tags
+        if tags.get("fold_file") == best.get("fold_file"):
+            chosen.append(run)
+        elif tags.get("data_fingerprint") != best.get("data_fingerprint"):
+            theirs, ours = (str(t.get("data_fingerprint"))[:8] for t in (tags, best))
+            skipped.append((run, f"other data (fingerprint {theirs}, not {ours})"))
+        else:
+            skipped.append((run, f"other fold file ({tags.get('fold_file')}, not {best.get('fold_file')})"))
+    return chosen, skipped
 
 
 def check_members(members: Sequence[Member]) -> None:
@@ -357,6 +388,7 @@ def run_ensemble(
         for file_name, write in artifacts.items():
             atomic_write(run_dir / file_name, write)
         atomic_write(submission_path, lambda p: submission.to_csv(p, index=False))
+        tracker.set_tags({"submission_sha256": file_digest(submission_path)})  # ties the file to this run when scored
         for file_name in artifacts:
             tracker.log_artifact(run_dir / file_name)
         tracker.log_artifact(submission_path, "submission")

@@ -87,6 +87,12 @@ class Tracker:
                 client.delete_run(child.info.run_id)
         return any(child.info.status == "FINISHED" for child in children)
 
+    def runs_tagged(self, tag: str, value: str) -> list[Any]:
+        """This experiment's runs tagged ``tag=value``, newest first (MLflow ``Run`` objects)."""
+        client = self._mlflow.tracking.MlflowClient()
+        return client.search_runs([self.experiment.experiment_id], f"tags.{tag} = '{value}'", max_results=1000,
+                                  order_by=["attributes.start_time DESC"])  # fmt: skip
+
     def close_dead_runs(self) -> list[str]:
         """Mark this experiment's RUNNING runs whose process is gone as KILLED; returns their names.
 
@@ -130,6 +136,9 @@ class NullTracker:
 
     def has_finished_child_run(self, parent_id: str | None, tag: str, value: str) -> bool:
         return True
+
+    def runs_tagged(self, tag: str, value: str) -> list[Any]:
+        return []
 
     def close_dead_runs(self) -> list[str]:
         return []

@@ -250,3 +250,43 @@ def test_best_epoch_counts_from_one_like_the_checkpoints(workdir, views_dir):
     for row in result["folds"]:
         best = load_checkpoint(Path(result["run_dir"]) / f"fold_{row['fold']}" / "best.pt")
         assert 1 <= row["best_epoch"] == best["epoch"] <= 3
+
+
+def test_runs_differing_only_in_seed_share_folds_and_blend(capsys, workdir, views_dir):
+    """Seed averaging: --fold-seed fixes the split, so runs that differ only in --seed blend; a run on other
+    folds is named, with the reason, by ensemble --top."""
+    import json
+
+    import mlflow
+
+    def cv(*flags):
+        code, out, err = _run(capsys, "--model", "clip_multimodal", "--folds", "2", "--data", str(views_dir),
+                              "train.epochs=2", "train.progress=false", *flags)  # fmt: skip
+        assert code == 0, err
+        name = Path(next(line for line in out.splitlines() if line.startswith("submission: ")).split()[1]).stem
+        record = json.loads((workdir / "leaderboard" / "runs" / name / "run.json").read_text())
+        scores = json.loads((workdir / "leaderboard" / "runs" / name / "scores.json").read_text())
+        return {"name": name, "id": record["run_id"], "oof": scores["oof_msle"], "fold_file": record["fold_file"]}
+
+    a, b = cv("--seed", "1", "--fold-seed", "0"), cv("--seed", "2", "--fold-seed", "0")
+    assert a["fold_file"] == b["fold_file"] and a["fold_file"].endswith("__stratified__k2__s0.csv")
+    assert [p.name for p in (workdir / "folds").glob("*.csv")] == [a["fold_file"]]
+    tags = [mlflow.tracking.MlflowClient().get_run(run["id"]).data.tags for run in (a, b)]
+    assert [(t["seed"], t["fold_seed"]) for t in tags] == [("1", "0"), ("2", "0")]
+    code, out, err = _run(capsys, "ensemble", "--top", "2", "--dataset", "views", "--method", "mean")
+    assert code == 0, err
+    assert a["name"] in out and b["name"] in out and "skipped" not in out
+
+    c = cv("--seed", "3")  # its own fold seed: another fold file
+    assert c["fold_file"].endswith("__s3.csv")
+    code, out, err = _run(capsys, "ensemble", "--top", "3", "--dataset", "views", "--method", "mean")
+    reason = "other fold file ({}, not {})"
+    if c["oof"] < min(a["oof"], b["oof"]):  # the best run alone on its folds: nothing to blend, both others named
+        assert code == 2 and "An ensemble needs at least 2 runs, got 1" in err, err
+        for run in (a, b):
+            assert f"{run['name']} ({run['id']}): {reason.format(a['fold_file'], c['fold_file'])}" in err
+    else:  # a and b blend, c is named
+        assert code == 0, err
+        assert "skipped 1 run(s)" in out
+        assert f"{c['name']} ({c['id']}): {reason.format(c['fold_file'], a['fold_file'])}" in out
+    assert "share --fold-seed" in out + err

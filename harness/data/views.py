@@ -129,7 +129,7 @@ def read_views(
         id_col="id",
         target_col="views",
         root=root,
-        meta={"reference_year": int(reference_year), "n_bad_images": n_bad},
+        meta={"reference_year": int(reference_year), "n_bad_images": n_bad, "target_min": 0.0},  # views are counts
     )
 
 

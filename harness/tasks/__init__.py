@@ -15,7 +15,12 @@ An adapter (a :class:`harness.tasks.rowwise.RowwiseTask` or one with the same me
 * ``assemble``, ``average``, ``take``: out-of-fold assembly, fold-model averaging, row selection;
 * ``to_frame`` / ``from_frame``: predictions as parquet columns and back;
 * ``blend(method, oofs, tests, context)``: the ensemble methods the task supports;
-* ``submission(dataset, ids, predictions)``: the submission file's frame.
+* ``submission(dataset, ids, predictions)``: the submission file's frame, and its way back:
+  ``submission_keys(dataset)`` (the file's first column, one key per test row it answers),
+  ``read_submission(dataset, frame, source)`` (the format check, then predictions that ``score``
+  takes) and ``check_submission_metric(dataset, metric)`` (the metrics such a file can be scored
+  with); row-wise tasks also read a labels file in that format (``with_targets``), for test files
+  without targets (see :mod:`harness.scoring`).
 """
 
 from __future__ import annotations

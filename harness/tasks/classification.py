@@ -21,9 +21,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from harness.data.images import load_pixels
+from harness.errors import HarnessError
 from harness.metrics import accuracy, log_loss, macro_f1, top_k_accuracy
 from harness.pixels import Standardiser, augment, check_augmentation
 from harness.registry import Family, FitContext
+from harness.submissions import cell_error
 from harness.tasks import TaskType
 from harness.tasks.rowwise import RowwiseTask
 from harness.trainer import Trainer
@@ -54,6 +56,25 @@ class ClassificationTask(RowwiseTask):
         if classes is not None:
             labels = np.asarray(classes)[labels]
         return pd.DataFrame({"id": ids.to_numpy(), dataset.target_col: labels})
+
+    def _parse(self, dataset, frame, source):
+        """One class name per row (a code where the dataset names none), as a probability of 1."""
+        names = [str(name) for name in dataset.meta.get("classes", range(int(dataset.meta["n_classes"])))]
+        codes = {name: code for code, name in enumerate(names)}
+        text = frame[dataset.target_col]
+        unknown = ~text.isin(codes).to_numpy()
+        if unknown.any():
+            row = int(np.argmax(unknown))
+            listed = ", ".join(names[:10]) + (f", ... ({len(names)} classes)" if len(names) > 10 else "")
+            problem = f"{text.iat[row]!r} is not a class of {dataset.name}; expected one of {listed}"
+            raise cell_error(frame, source, row, dataset.target_col, problem)
+        return np.eye(len(names))[text.map(codes).to_numpy(dtype=np.int64)]
+
+    def check_submission_metric(self, dataset, metric):
+        """A submission names one class per row: accuracy and macro-F1 score it, metrics of probabilities cannot."""
+        if metric.name not in ("accuracy", "macro_f1"):
+            raise HarnessError(f"A {dataset.name} submission names one class per row; {metric.name} needs class "
+                               "probabilities: score it with accuracy or macro_f1.")  # fmt: skip
 
 
 TASK = ClassificationTask()

@@ -5,9 +5,12 @@ A prediction of the ``sequential_recommendation`` task is a :class:`Recommendati
 user, the top-N items over the whole catalogue with the user's history masked (best first, with
 scores) -- the submission --, the target's rank among all candidate items, and, for the
 ``_sampled`` protocol, the scores of a fixed candidate set: the row's target and ``n`` sampled
-negatives. Families never rank: they score users × items
-(:class:`SequentialRecommender`), and :func:`full_ranking` here ranks in
-memory-bounded batches on the family's device, so every family is evaluated the same way.
+negatives. Families never rank: they score users × items (:class:`SequentialRecommender`),
+and :func:`full_ranking` here ranks in memory-bounded batches on the family's device, so every
+family is evaluated the same way. A family that cannot score every item, a generative one,
+decodes ranked lists (:class:`ListRecommender`); the core masks the histories out of them
+(:func:`mask_lists`) and reads ranks off them, so it reports ``_full`` metrics, exact for every
+K up to the list's length.
 
 Every rank follows the convention of :mod:`harness.metrics` (ties against the target, NaN refused,
 ``-inf`` masked, a target in the history a miss). Full-ranking ranks are counted over the whole
@@ -16,9 +19,9 @@ only lists exist (fused ensembles), :func:`harness.metrics.ranks_from_topn` read
 list and its scores, exact for every metric@K with K < N. Sampled ranks count the negatives
 scoring at least the target's score.
 
-A family subclasses :class:`SequentialRecommender`, trains in
-:meth:`~SequentialRecommender.fit_recommender` on what :func:`training_sequences` allows, and
-implements :meth:`~SequentialRecommender.score`; prediction and validation scoring are the same
+A family subclasses :class:`SequentialRecommender` (or :class:`ListRecommender`), trains in
+:meth:`~Recommender.fit_recommender` on what :func:`training_sequences` allows, and
+implements :meth:`~SequentialRecommender.score` (or :meth:`~ListRecommender.recommend`); prediction and validation scoring are the same
 for every family, so their numbers are comparable. Rows of the frames are users: ``user_id``,
 ``history`` (item ids, oldest first), ``target`` (the next item) and ``user_text``;
 ``dataset.meta`` has ``n_items`` (0 is padding) and ``items``.
@@ -30,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import abc
+import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -39,6 +44,7 @@ from harness.blending import normalise_weights
 from harness.errors import HarnessError
 from harness.metrics import UNRANKED, count_ranks, has_nan, ranking_report, ranks_from_topn, sample_negatives
 from harness.registry import Family, FitContext
+from harness.submissions import check_header, match_rows, parse_lists
 from harness.tasks import TaskType
 
 __all__ = [
@@ -54,7 +60,10 @@ __all__ = [
     "fuse",
     "RecommendationTask",
     "TASK",
+    "Recommender",
     "SequentialRecommender",
+    "ListRecommender",
+    "mask_lists",
     "training_sequences",
     "pad_left",
 ]
@@ -487,14 +496,54 @@ class RecommendationTask:
 
     def submission(self, dataset, ids: pd.Series, predictions: Recommendations) -> pd.DataFrame:
         """``user_id, items``: raw user id and the top :data:`SUBMISSION_K` raw item ids, space-separated."""
-        items = dataset.meta["items"]
-        raw_item = np.zeros(int(dataset.meta["n_items"]), dtype=object)
-        raw_item[items["item_id"].to_numpy()] = items["movie_id"].astype(str).to_numpy()
-        users = dataset.meta["users"].set_index("user_id")["raw_user_id"]
+        raw_item = _raw_item_ids(dataset)
         top = predictions.items[:, :SUBMISSION_K]
         lists = [" ".join(raw_item[row[row != 0]]) for row in top]
-        raw_users = users.reindex(ids.astype(np.int64).to_numpy()).to_numpy()
-        return pd.DataFrame({"user_id": raw_users, "items": lists})
+        return pd.DataFrame({"user_id": _raw_user_ids(dataset, ids), "items": lists})
+
+    def submission_keys(self, dataset) -> pd.Series:
+        """A submission's first column: each test row's raw user id (the index: the test rows)."""
+        raw = _raw_user_ids(dataset, dataset.test["user_id"])
+        return pd.Series(raw, index=dataset.test.index, name="user_id").astype(str)
+
+    def read_submission(self, dataset, frame: pd.DataFrame, source: str) -> Recommendations:
+        """The lists of a file in the format of :meth:`submission`, in the order of :meth:`submission_keys`.
+
+        A file's list is closed: it states its items in order and nothing after them, so a target
+        in its last place counts there (unlike the open end of a model's full top-N list). A
+        format violation is a one-line error naming ``source``, the row and column.
+        """
+        check_header(frame, ["user_id", "items"], source)
+        rows = match_rows(frame, self.submission_keys(dataset), source, "test user", dataset.name)
+        catalogue = {raw: item for item, raw in enumerate(_raw_item_ids(dataset)) if item}  # 0 is padding
+        lists = parse_lists(frame, "items", catalogue, source, f"an item of the catalogue of {dataset.name}",
+                            SUBMISSION_K)  # fmt: skip
+        items = np.zeros((len(rows), SUBMISSION_K + 1), np.int64)  # at least one padding id closes each list
+        scores = np.full(items.shape, -np.inf, np.float32)
+        for out, row in enumerate(rows):
+            items[out, : len(lists[row])], scores[out, : len(lists[row])] = lists[row], -np.arange(len(lists[row]))
+        return Recommendations(items, scores)
+
+    def check_submission_metric(self, dataset, metric) -> None:
+        """A submission lists items: ``_full`` metrics score it; the sampled protocol needs candidate scores."""
+        if metric.name.endswith("_sampled"):
+            raise HarnessError(f"A {dataset.name} submission lists items, not the scores of the sampled candidates "
+                               f"that {metric.name} ranks: score it with a _full metric "
+                               f"(e.g. {metric.name.removesuffix('_sampled')}_full).")  # fmt: skip
+
+
+def _raw_item_ids(dataset) -> np.ndarray:
+    """The dataset's own item id (text) of every item id, at its position (0, padding, stays 0)."""
+    items = dataset.meta["items"]
+    raw_item = np.zeros(int(dataset.meta["n_items"]), dtype=object)
+    raw_column = "raw_item_id" if "raw_item_id" in items else "movie_id"  # Amazon / MQL4GRec, MovieLens
+    raw_item[items["item_id"].to_numpy()] = items[raw_column].astype(str).to_numpy()
+    return raw_item
+
+
+def _raw_user_ids(dataset, user_ids: pd.Series) -> np.ndarray:
+    users = dataset.meta["users"].set_index("user_id")["raw_user_id"]
+    return users.reindex(user_ids.astype(np.int64).to_numpy()).to_numpy()
 
 
 def _target_in_history(rows: pd.DataFrame) -> np.ndarray:
@@ -533,11 +582,12 @@ def training_sequences(train: pd.DataFrame, valid: pd.DataFrame) -> pd.Series:
     return series[series.map(len) > 0]
 
 
-class SequentialRecommender(Family):
-    """A family that scores every item for a user; the core turns scores into rankings.
+class Recommender(Family):
+    """What every recommendation family shares: the fit set-up, prediction and validation scoring.
 
-    Subclasses implement :meth:`fit_recommender` and :meth:`score`; they may override
-    :meth:`score_candidates` when scoring a few items is much cheaper than scoring all.
+    A family either scores users x items (:class:`SequentialRecommender`; the core ranks the whole
+    catalogue) or decodes ranked lists (:class:`ListRecommender`; the core masks and checks them);
+    either way the harness computes every metric, so the numbers are comparable.
     """
 
     task = TaskType.SEQUENTIAL_RECOMMENDATION
@@ -555,6 +605,38 @@ class SequentialRecommender(Family):
         """Train on :func:`training_sequences` ``(train, valid)`` (and side information); early-stop on
         :meth:`validation_score` ``(valid, ctx)``."""
 
+    def predict(self, part: pd.DataFrame) -> Recommendations:
+        """Top-N unseen items per row, the target's rank (where ``part`` has targets), and the sampled
+        candidates' scores where the family can score candidates."""
+        return self._predict(part, n=self.top_n, full=True, sampled=True)
+
+    def validation_score(self, valid: pd.DataFrame, ctx: FitContext) -> float:
+        """``ctx.metric`` of this model's predictions for ``valid``, as the CV runner computes it.
+
+        Only what the metric needs is computed: the targets' ranks for a ``_full`` metric, the
+        candidates' scores for a ``_sampled`` one.
+        """
+        sampled = ctx.metric.name.endswith("_sampled")
+        prediction = self._predict(valid, n=0, full=not sampled, sampled=sampled)
+        return TASK.score(ctx.metric, ctx.dataset, valid, prediction)
+
+    @abc.abstractmethod
+    def _predict(self, part: pd.DataFrame, n: int, full: bool, sampled: bool) -> Recommendations:
+        """Lists of ``n`` items (0: only the ranks) with ``full``, sampled scores with ``sampled``."""
+
+    def _eval_mode(self) -> None:
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module):
+                value.eval()
+
+
+class SequentialRecommender(Recommender):
+    """A family that scores every item for a user; the core turns scores into rankings.
+
+    Subclasses implement :meth:`fit_recommender` and :meth:`score`; they may override
+    :meth:`score_candidates` when scoring a few items is much cheaper than scoring all.
+    """
+
     @abc.abstractmethod
     def score(self, part: pd.DataFrame) -> torch.Tensor:
         """``[len(part), n_items]`` scores of every item as each row's next item (higher is better)."""
@@ -562,21 +644,6 @@ class SequentialRecommender(Family):
     def score_candidates(self, part: pd.DataFrame, candidates: torch.Tensor) -> torch.Tensor:
         """``[len(part), C]`` scores of the item ids ``candidates`` ``[len(part), C]``."""
         return self.score(part).gather(1, candidates.to(self.device))
-
-    def predict(self, part: pd.DataFrame) -> Recommendations:
-        """Top-N unseen items per row over the whole catalogue, the target's rank among all candidate
-        items (where ``part`` has targets), and the sampled candidates' scores."""
-        return self._predict(part, n=self.top_n, full=True, sampled=True)
-
-    def validation_score(self, valid: pd.DataFrame, ctx: FitContext) -> float:
-        """``ctx.metric`` of this model's predictions for ``valid``, as the CV runner computes it.
-
-        Only what the metric needs is computed: the targets' counted ranks for a ``_full`` metric
-        (no top-N lists), the candidates' scores for a ``_sampled`` one.
-        """
-        sampled = ctx.metric.name.endswith("_sampled")
-        prediction = self._predict(valid, n=0, full=not sampled, sampled=sampled)
-        return TASK.score(ctx.metric, ctx.dataset, valid, prediction)
 
     @torch.no_grad()
     def _predict(self, part: pd.DataFrame, n: int, full: bool, sampled: bool) -> Recommendations:
@@ -606,10 +673,91 @@ class SequentialRecommender(Family):
             candidate_scores = candidate_scores.numpy()
         return Recommendations(items, scores, candidate_scores, ranks)
 
-    def _eval_mode(self) -> None:
-        for value in vars(self).values():
-            if isinstance(value, torch.nn.Module):
-                value.eval()
+
+class ListRecommender(Recommender):
+    """A family that decodes a ranked list per user (a generative recommender) instead of scoring items.
+
+    Subclasses implement :meth:`fit_recommender` and :meth:`recommend`. The core drops from each
+    list the items of the row's history (and repeats and padding), keeps the first
+    :attr:`list_length`, checks ids and scores, and reads the target's rank off the list: an item
+    the list does not hold ranks below it, so Hit/NDCG@K are exact for K up to the list's length
+    and a miss beyond it. Such a family reports ``_full`` metrics only: it cannot score the
+    sampled protocol's candidates, and asking for a ``_sampled`` metric is an error.
+    """
+
+    list_length: int = 20  # items kept per row after masking
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame, ctx: FitContext) -> None:
+        name = type(self).__name__
+        if ctx.metric.name.endswith("_sampled"):
+            raise HarnessError(f"{name} decodes ranked lists and reports _full metrics only; --metric "
+                               f"{ctx.metric.name} needs scores of sampled candidates.")  # fmt: skip
+        largest = max([*REPORT_KS, *(int(k) for k in re.findall(r"@(\d+)", ctx.metric.name))])
+        if self.list_length < largest:
+            warnings.warn(f"{name} lists {self.list_length} items per user: a metric@K with K > {self.list_length} "
+                          "counts every target beyond the list as a miss.", stacklevel=2)  # fmt: skip
+        super().fit(train, valid, ctx)
+
+    @abc.abstractmethod
+    def recommend(self, part: pd.DataFrame, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(items [len(part), L], scores [len(part), L])``: each row's ranked list, best first, scores
+        non-increasing, 0 padding. Return more than ``n`` where possible (``L >= n``): the core
+        drops the history's items before keeping ``n``."""
+
+    @torch.no_grad()
+    def _predict(self, part: pd.DataFrame, n: int, full: bool, sampled: bool) -> Recommendations:
+        if sampled and not full:
+            raise HarnessError(f"{type(self).__name__} decodes ranked lists and cannot score the _sampled "
+                               "protocol's candidates; use a _full metric.")  # fmt: skip
+        self._eval_mode()
+        part = part.reset_index(drop=True)
+        n = self.list_length if n == 0 else min(n, self.list_length)
+        raw_items, raw_scores = self.recommend(part, n)
+        # one entry past the kept list, so that a target in its last place is known not to tie beyond it
+        items, scores = mask_lists(raw_items, raw_scores, part["history"].tolist(), self.n_items, n + 1,
+                                   source=f"{type(self).__name__}.recommend", row_ids=part["user_id"].tolist())  # fmt: skip
+        ranks = None
+        if "target" in part:
+            ranks = ranks_from_topn(items, part["target"].to_numpy(np.int64), scores)
+            ranks[ranks >= n] = UNRANKED
+        return Recommendations(items[:, :n], scores[:, :n], None, ranks)
+
+
+def mask_lists(items, scores, histories: Sequence[np.ndarray], n_items: int, n: int, *, source: str,
+               row_ids: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Each row's list without its history's items, repeats and padding, cut to ``n`` (0-padded).
+
+    Bad lists are one-line errors naming ``source`` and the row: a shape that is not ``[B, L]``,
+    an id outside ``[1, n_items)``, a NaN score, or scores that rise along a row.
+    """
+    items, scores = np.asarray(items), np.asarray(scores, dtype=np.float32)
+    if items.ndim != 2 or items.shape != scores.shape or len(items) != len(histories):
+        raise HarnessError(f"{source} must return items and scores of shape [{len(histories)}, L], got "
+                           f"{items.shape} and {scores.shape}.")  # fmt: skip
+    if items.dtype.kind not in "iu":
+        raise HarnessError(f"{source} must return integer item ids, got dtype {items.dtype}.")
+    label = (lambda row: f"user {row_ids[row]}") if row_ids is not None else (lambda row: f"row {row}")
+    real = items != 0
+    bad = real & ((items < 0) | (items >= n_items))
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(1))[0])
+        raise HarnessError(f"{source} listed item {int(items[bad][0])} for {label(row)}; item ids are 1..{n_items - 1}.")
+    if np.isnan(scores[real]).any():
+        row = int(np.flatnonzero((np.isnan(scores) & real).any(1))[0])
+        raise HarnessError(f"{source} returned a NaN score for {label(row)}; scores must be real numbers.")
+    out_items, out_scores = np.zeros((len(items), n), np.int64), np.full((len(items), n), -np.inf, np.float32)
+    for row, (ids, values, history) in enumerate(zip(items, scores, histories)):
+        keep = ids != 0
+        ids, values = ids[keep], values[keep]
+        if (np.diff(values) > 0).any():
+            raise HarnessError(f"{source} returned rising scores for {label(row)}; lists must be best first.")
+        _, first = np.unique(ids, return_index=True)
+        first = np.sort(first)
+        ids, values = ids[first], values[first]
+        unseen = ~np.isin(ids, np.asarray(history, np.int64))
+        ids, values = ids[unseen][:n], values[unseen][:n]
+        out_items[row, : len(ids)], out_scores[row, : len(ids)] = ids, values
+    return out_items, out_scores
 
 
 def pad_left(sequences: list[np.ndarray], max_len: int) -> torch.Tensor:

@@ -51,6 +51,7 @@ from harness.metrics import reid_from_distances, reid_metrics
 from harness.pixels import Standardiser, augment, check_augmentation
 from harness.registry import Family, FitContext
 from harness.reranking import rerank_from_features
+from harness.submissions import RankedLists, check_header, match_rows, parse_lists
 from harness.tasks import TaskType
 from harness.trainer import Trainer
 
@@ -139,7 +140,14 @@ class ReIDTask:
         out = {name: value / n_queries for name, value in totals.items()}
         return {**out, "n_queries": float(n_queries), "n_skipped": float(n_skipped)}
 
-    def score(self, metric, dataset, rows: pd.DataFrame, predictions: ReIDEmbeddings) -> float:
+    def score(self, metric, dataset, rows: pd.DataFrame, predictions: ReIDEmbeddings | RankedLists) -> float:
+        """``metric`` of embeddings of ``rows``, or of a submission's lists (``rows``: their queries,
+        ranking the test set's gallery)."""
+        if isinstance(predictions, RankedLists):
+            gallery = dataset.test[roles(dataset.test)[1]]
+            pids, cams = ([np.array(part[c], np.int64) for part in (rows, gallery)] for c in ("pid", "camid"))
+            result = reid_from_distances(predictions.distances, *pids, *cams)
+            return float(metric.fn(_report(result)))
         return float(metric.fn(self.metrics(rows, predictions, rerank=metric.name.endswith(RERANK))))
 
     def report(self, dataset, rows: pd.DataFrame, predictions: ReIDEmbeddings) -> dict[str, float]:
@@ -220,11 +228,36 @@ class ReIDTask:
             lists += [" ".join(gallery_ids[t]) for t in top]
         return pd.DataFrame({"id": ids.to_numpy()[query_rows], "gallery": lists})
 
+    def submission_keys(self, dataset) -> pd.Series:
+        """A submission's first column: the test query images' ids (the index: their test rows)."""
+        return dataset.test[dataset.id_col].astype(str)[roles(dataset.test)[0]].rename("id")
+
+    def read_submission(self, dataset, frame: pd.DataFrame, source: str) -> RankedLists:
+        """The gallery lists of a file in the format of :meth:`submission`, in the order of
+        :meth:`submission_keys`; a format violation is a one-line error naming ``source``, the row and column."""
+        check_header(frame, ["id", "gallery"], source)
+        rows = match_rows(frame, self.submission_keys(dataset), source, "query image", dataset.name)
+        gallery = dataset.test[dataset.id_col].astype(str)[roles(dataset.test)[1]]
+        lists = parse_lists(frame, "gallery", {name: i for i, name in enumerate(gallery)}, source,
+                            f"a gallery image of {dataset.name}", SUBMISSION_K)  # fmt: skip
+        return RankedLists.from_lists([lists[row] for row in rows], len(gallery))
+
+    def check_submission_metric(self, dataset, metric) -> None:
+        """A submission ranks the gallery: re-ranking needs the embeddings, which it does not hold."""
+        if metric.name.endswith(RERANK):
+            raise HarnessError(f"A {dataset.name} submission lists gallery images, not the embeddings that "
+                               f"{metric.name} re-ranks: score it with "
+                               f"{metric.name.removesuffix(RERANK)}.")  # fmt: skip
+
 
 def _reranked_metrics(qf: np.ndarray, gf: np.ndarray, pids, cams, options: dict[str, Any]) -> dict[str, Any]:
     """The report's metrics on k-reciprocal re-ranked cosine distances."""
     distances = rerank_from_features(qf, gf, metric="cosine", **options)
-    result = reid_from_distances(distances, pids[0], pids[1], cams[0], cams[1])
+    return _report(reid_from_distances(distances, pids[0], pids[1], cams[0], cams[1]))
+
+
+def _report(result: dict[str, Any]) -> dict[str, Any]:
+    """The report's metrics from :func:`harness.metrics.reid_from_distances`."""
     return {"map": result["map"], "minp": result["minp"], "n_queries": result["n_queries"],
             "n_skipped": result["n_skipped"], **{f"rank{k}": float(result["cmc"][k - 1]) for k in (1, 5, 10)}}  # fmt: skip
 

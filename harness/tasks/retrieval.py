@@ -33,9 +33,10 @@ from torch.utils.data import TensorDataset
 from harness.blending import normalise_weights
 from harness.data.images import load_pixels
 from harness.errors import HarnessError
-from harness.metrics import retrieval_metrics
+from harness.metrics import query_gallery_metrics, retrieval_metrics
 from harness.pixels import Standardiser, augment, check_augmentation
 from harness.registry import Family, FitContext
+from harness.submissions import RankedLists, check_header, match_rows, parse_lists
 from harness.tasks import TaskType
 from harness.trainer import Trainer
 
@@ -125,10 +126,22 @@ class RetrievalTask:
                 totals[name] += result[name] * len(part) / len(predictions)
         return totals
 
-    def score(self, metric, dataset, rows: pd.DataFrame, predictions: Embeddings) -> float:
+    def score(self, metric, dataset, rows: pd.DataFrame, predictions: Embeddings | RankedLists) -> float:
+        """``metric`` of embeddings of ``rows``, or of a submission's caption lists for the images ``rows``."""
         if len(predictions) != len(rows):
             raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows")
+        if isinstance(predictions, RankedLists):
+            return float(metric.fn(self._listed_metrics(dataset, rows, predictions)))
         return float(metric.fn(self.metrics(predictions)))
+
+    def _listed_metrics(self, dataset, rows: pd.DataFrame, lists: RankedLists) -> dict[str, float]:
+        """Image → text Recall@1..:data:`SUBMISSION_K` and mAP of caption lists over every test caption."""
+        test_ids = dataset.test[dataset.id_col].astype(str)
+        owner = np.repeat(np.arange(len(test_ids)), dataset.test["caption_ids"].map(len).to_numpy())
+        images = pd.Index(test_ids).get_indexer(rows[dataset.id_col].astype(str))
+        result = query_gallery_metrics(lists.distances, images, owner, max_rank=SUBMISSION_K)
+        recalls = {f"i2t_r@{k}": float(result["cmc"][k - 1]) for k in range(1, SUBMISSION_K + 1)}
+        return {"i2t_map": result["map"], **recalls}
 
     def report(self, dataset, rows: pd.DataFrame, predictions: Embeddings) -> dict[str, float]:
         return self.metrics(predictions)
@@ -204,6 +217,28 @@ class RetrievalTask:
         similarity = p.image @ p.text[rows, slots].T
         top = np.argsort(-similarity, axis=1, kind="stable")[:, :SUBMISSION_K]
         return pd.DataFrame({"id": ids.to_numpy(), "captions": [" ".join(caption_ids[row]) for row in top]})
+
+    def submission_keys(self, dataset) -> pd.Series:
+        """A submission's first column: the test image ids (the index: their test rows)."""
+        return dataset.test[dataset.id_col].astype(str).rename("id")
+
+    def read_submission(self, dataset, frame: pd.DataFrame, source: str) -> RankedLists:
+        """The caption lists of a file in the format of :meth:`submission`, in the order of
+        :meth:`submission_keys`; a format violation is a one-line error naming ``source``, the row and column."""
+        check_header(frame, ["id", "captions"], source)
+        rows = match_rows(frame, self.submission_keys(dataset), source, "test image", dataset.name)
+        captions = [str(c) for ids in dataset.test["caption_ids"] for c in ids]
+        lists = parse_lists(frame, "captions", {c: i for i, c in enumerate(captions)}, source,
+                            f"a test caption of {dataset.name}", SUBMISSION_K)  # fmt: skip
+        return RankedLists.from_lists([lists[row] for row in rows], len(captions))
+
+    def check_submission_metric(self, dataset, metric) -> None:
+        """A submission ranks captions per image: image → text metrics score it, the others need text → image."""
+        scored = [f"i2t_r@{k}" for k in range(1, SUBMISSION_K + 1)] + ["i2t_map"]
+        if metric.name not in scored:
+            raise HarnessError(f"A {dataset.name} submission ranks {SUBMISSION_K} captions per image (image to "
+                               f"text): it scores i2t_r@1 to i2t_r@{SUBMISSION_K} and i2t_map, not {metric.name} "
+                               "(pass --metric).")  # fmt: skip
 
 
 TASK = RetrievalTask()

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from harness import blending
+from harness.submissions import check_header, match_rows
 
 __all__ = ["RowwiseTask"]
 
@@ -16,7 +17,8 @@ class RowwiseTask:
     """Prediction handling for tasks whose prediction is an array with one entry per row.
 
     Predictions are ``[N]`` (one value) or ``[N, C]`` arrays. Subclasses state the task's
-    baseline and submission; scoring, assembly, averaging, storage and blending are shared.
+    baseline, submission and how a submission's values read back (``_parse``); scoring, assembly,
+    averaging, storage, blending and the submission's rows are shared.
     """
 
     fold_blendable = True  # the fold models' test predictions blend row by row (ensemble --fold-models)
@@ -76,3 +78,26 @@ class RowwiseTask:
 
     def submission(self, dataset, ids: pd.Series, predictions: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame({"id": ids.to_numpy(), dataset.target_col: np.asarray(predictions)})
+
+    def submission_keys(self, dataset) -> pd.Series:
+        """A submission's first column: one test id per test row (the index), in the test rows' order."""
+        return dataset.test[dataset.id_col].astype(str).rename("id")
+
+    def read_submission(self, dataset, frame: pd.DataFrame, source: str) -> np.ndarray:
+        """The predictions of a file in the format of :meth:`submission`, in the order of
+        :meth:`submission_keys`; a format violation is a one-line error naming ``source``, the row and column."""
+        check_header(frame, ["id", dataset.target_col], source)
+        rows = match_rows(frame, self.submission_keys(dataset), source, "test id", dataset.name)
+        return self._parse(dataset, frame, source)[rows]
+
+    def _parse(self, dataset, frame: pd.DataFrame, source: str) -> np.ndarray:
+        """The predictions of the prediction column, in the file's row order."""
+        raise NotImplementedError
+
+    def check_submission_metric(self, dataset, metric) -> None:
+        """Refuse a metric that a submission file cannot be scored with (here: none)."""
+
+    def with_targets(self, dataset, truth: np.ndarray) -> pd.DataFrame:
+        """The test rows with the targets ``truth`` states: a labels file read by :meth:`read_submission`."""
+        values = np.asarray(truth)
+        return dataset.test.assign(**{dataset.target_col: values if values.ndim == 1 else values.argmax(axis=1)})

@@ -211,3 +211,21 @@ def test_classification_runs_of_two_families_share_folds_blend_and_rank(workdir,
     board = leaderboard(dataset="cifar10", log=lambda m: None)
     assert set(board["model"]) == {"diff_moe", "resnet", "ensemble:mean", "ensemble:stacking"}
     assert board["fold_file"].unique().to_list() == [Path(runs[0]["fold_file"]).name]
+
+
+def test_top_runs_keep_the_best_runs_fold_file_and_name_the_runs_passed_over():
+    from types import SimpleNamespace
+
+    def run(name, fold_file, data="a" * 16):
+        return SimpleNamespace(info=SimpleNamespace(run_name=name, run_id=f"{name}-id"),
+                               data=SimpleNamespace(tags={"fold_file": fold_file, "data_fingerprint": data}))  # fmt: skip
+
+    best_first = [run("a", "s42.csv"), run("b", "s7.csv"), run("c", "s42.csv"),
+                  run("d", "other-s42.csv", data="b" * 16), run("e", "s42.csv")]  # fmt: skip
+    chosen, skipped = ensemble._on_one_fold_file(best_first, 2)
+    assert [r.info.run_name for r in chosen] == ["a", "c"]
+    assert [(r.info.run_name, why) for r, why in skipped] == [("b", "other fold file (s7.csv, not s42.csv)")]
+    chosen, skipped = ensemble._on_one_fold_file(best_first, 5)  # fewer qualify than asked for: every other run named
+    assert [r.info.run_name for r in chosen] == ["a", "c", "e"]
+    assert [why for _, why in skipped] == ["other fold file (s7.csv, not s42.csv)",
+                                           "other data (fingerprint bbbbbbbb, not aaaaaaaa)"]  # fmt: skip

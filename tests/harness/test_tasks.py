@@ -43,7 +43,7 @@ def test_classification_adapter_uses_probabilities(regression_dataset):
 def test_every_task_type_has_an_adapter_with_the_whole_contract(task):
     adapter = get_task_adapter(task)
     methods = ("score", "report", "baseline", "check_folds", "assemble", "average", "take", "to_frame", "from_frame",
-               "blend", "submission")  # fmt: skip
+               "blend", "submission", "submission_keys", "read_submission", "check_submission_metric")  # fmt: skip
     assert all(callable(getattr(adapter, name, None)) for name in methods) and isinstance(adapter.fold_blendable, bool)
 
 
