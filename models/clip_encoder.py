@@ -23,8 +23,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
+from harness.features import FeatureCache
 
-__all__ = ["ClipBundle", "load_clip", "load_pixels", "tokenize", "encode", "weights_fingerprint"]
+__all__ = ["ClipBundle", "load_clip", "load_pixels", "tokenize", "encode", "weights_fingerprint", "encode_item_images"]
 
 open_clip.add_model_config(Path(__file__).parent / "clip_configs")
 
@@ -128,3 +129,44 @@ def encode(
     for start in tqdm(range(0, len(inputs), batch_size), desc=desc, disable=quiet, leave=False):
         outputs.append(fn(inputs[start : start + batch_size].to(device)).float().cpu())
     return torch.cat(outputs)
+
+
+def encode_item_images(dataset, n_items: int, clip_model: str, pretrained: str | None, init_seed: int, ctx, *,
+                       batch_size: int = 256, progress: bool = True, column: str = "poster_path",
+                       what: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Frozen CLIP features ``[n_items, D]`` of every catalogue item's image (``dataset.meta["items"][column]``,
+    by ``item_id``), cached under ``ctx.cache_dir``, and which items have a readable image.
+
+    Items without one get features of zero; how many is logged, with ``what`` else the caller
+    does about them. A random CLIP is seeded by ``init_seed``, so every fold shares one encoder and one
+    cache entry.
+    """
+    items = dataset.meta["items"]
+    paths: list[str | None] = [None] * n_items
+    for item, path in zip(items["item_id"], items[column]):
+        paths[int(item)] = path
+    ok = [path is not None and _readable(path) for path in paths]
+    missing = len(items) - sum(ok)
+    if missing:
+        ctx.log(f"{missing} of {len(items)} items have no readable image: image features of zero"
+                + (f", {what}" if what else ""))
+    torch.manual_seed(init_seed)
+    bundle = load_clip(clip_model, pretrained, log=ctx.log)
+    if not any(ok):
+        return torch.zeros(n_items, bundle.embed_dim), torch.zeros(n_items, dtype=torch.bool)
+    model = bundle.model.to(ctx.device).eval()
+    key = {"clip": bundle.name, "pretrained": bundle.pretrained, "weights": weights_fingerprint(model),
+           "data": dataset.fingerprint, "preprocess": repr(bundle.preprocess), "rows": "item_id"}  # fmt: skip
+    features = FeatureCache(ctx.cache_dir, ctx.log).get_or_compute("clip-poster", key, lambda: encode(
+        model.encode_image, load_pixels([p or "" for p in paths], ok, bundle.preprocess, progress),
+        batch_size, ctx.device, "encoding item images", progress))  # fmt: skip
+    return features, torch.tensor(ok)
+
+
+def _readable(path: str) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except Exception:
+        return False

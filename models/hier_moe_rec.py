@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -47,7 +46,7 @@ from harness.tasks.recommendation import SequentialRecommender, pad_left, traini
 from harness.registry import FitContext, register_model
 from harness.tasks import TaskType
 from harness.trainer import Trainer
-from models.clip_encoder import encode, load_clip, load_pixels, weights_fingerprint
+from models.clip_encoder import encode_item_images
 from models.moe import Gate, MixtureOfExperts, load_balance_loss
 from models.text_encoder import BagOfWords, encode_with_transformer
 
@@ -183,7 +182,9 @@ class HierMoERec(SequentialRecommender):
     def fit_recommender(self, train: pd.DataFrame, valid: pd.DataFrame, ctx: FitContext) -> None:
         self.progress = ctx.train_config.progress
         dataset = ctx.dataset
-        image_features, has_image = self._images(dataset, ctx)
+        image_features, has_image = encode_item_images(
+            dataset, self.n_items, self.config.clip_model, self.config.pretrained, self.config.init_seed, ctx,
+            batch_size=self.config.encode_batch_size, progress=self.progress, what="image weight 0 in the cross-modal router")
         torch.manual_seed(ctx.seed)  # after the encoders' own seeding: every trainable weight from the fold's seed
         texts, text_dim, self._user_row, item_rows = self._texts(dataset, ctx)
         self.model = HierarchicalMoE(texts, text_dim, item_rows, image_features, has_image, self.config)
@@ -240,29 +241,6 @@ class HierMoERec(SequentialRecommender):
                                            log=ctx.log)  # fmt: skip
         return _Frozen(features), features.shape[1], user_row, item_rows
 
-    def _images(self, dataset: Dataset, ctx: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen CLIP features of every item's poster (cached), zeros and a False mask where none is readable."""
-        items = dataset.meta["items"]
-        paths = [None] * self.n_items
-        for item, path in zip(items["item_id"], items["poster_path"]):
-            paths[int(item)] = path
-        ok = [path is not None and _readable(path) for path in paths]
-        missing = len(items) - sum(ok)
-        if missing:
-            ctx.log(f"{missing} of {len(items)} items have no readable poster: image features of zero, "
-                    "image weight 0 in the cross-modal router")  # fmt: skip
-        torch.manual_seed(self.config.init_seed)
-        bundle = load_clip(self.config.clip_model, self.config.pretrained, log=ctx.log)
-        if not any(ok):
-            return torch.zeros(self.n_items, bundle.embed_dim), torch.zeros(self.n_items, dtype=torch.bool)
-        model = bundle.model.to(ctx.device).eval()
-        key = {"clip": bundle.name, "pretrained": bundle.pretrained, "weights": weights_fingerprint(model),
-               "data": dataset.fingerprint, "preprocess": repr(bundle.preprocess), "rows": "item_id"}  # fmt: skip
-        features = FeatureCache(ctx.cache_dir, ctx.log).get_or_compute("clip-poster", key, lambda: encode(
-            model.encode_image, load_pixels([p or "" for p in paths], ok, bundle.preprocess, self.progress),
-            self.config.encode_batch_size, ctx.device, "encoding posters", self.progress))  # fmt: skip
-        return features, torch.tensor(ok)
-
     # -- the expert specialisation report ---------------------------------------------------------
 
     @torch.no_grad()
@@ -302,15 +280,6 @@ class HierMoERec(SequentialRecommender):
                 spread = torch.stack([0.5 * (w - overall).abs().sum() for w in by_genre.values()]).mean()
                 report[f"specialisation/{name}"] = float(spread)
         return report
-
-
-def _readable(path: str) -> bool:
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        return True
-    except Exception:
-        return False
 
 
 def _genres_by_item(dataset: Dataset, n_items: int) -> list[list[str]]:
