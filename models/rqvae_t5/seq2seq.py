@@ -1,0 +1,309 @@
+"""The T5 half of ``rqvae_t5``: a code vocabulary, the seed's tasks as token sequences, constrained beam search.
+
+* **Vocabulary** (:func:`build_tokenizer`): ``<pad>``, ``</s>``, ``<unk>``, one prompt token per
+  task and the code tokens of every modality (``<a_0>`` … ``<d_255>`` for text codes, ``<A_0>`` …
+  for image codes) as a HuggingFace word-level tokenizer, so it is built offline, saved with
+  ``save_pretrained`` and read back like any other. With a pretrained T5 (``t5_pretrained``: a
+  local directory), its own tokenizer is loaded and the code and prompt tokens are added to it.
+* **Tasks** (:data:`TASKS`, the seed's list; ``L`` code tokens per item, one modality's codes):
+
+  ==============  =====================================================  =======================
+  task            input                                                  output
+  ==============  =====================================================  =======================
+  seqrec          ``<seqrec>`` + the history's text codes                the next item's text codes
+  seqimage        ``<seqimage>`` + the history's image codes             the next item's image codes
+  fusionseqrec    ``<fusionseqrec>`` + each history item's text then     the next item's text codes
+                  image codes
+  item2image      ``<item2image>`` + an item's text codes                its image codes
+  image2item      ``<image2item>`` + an item's image codes               its text codes
+  ==============  =====================================================  =======================
+
+  Inputs end with ``</s>``, outputs are the ``L`` codes and ``</s>``; histories keep their last
+  ``max_his_len`` items. Sequence tasks see only what :func:`~harness.tasks.recommendation.training_sequences`
+  allows; the translation tasks see the catalogue only.
+* **Decoding** (:func:`beam_search`): ``num_beams`` beams of ``L`` code tokens and ``</s>``, every
+  beam returned with its summed log-probability, under a constraint given as an automaton
+  (:class:`Automaton`: the trie's prefixes, the seed's successor table, or nothing). Every step
+  is a few tensor operations over all beams of a batch, where ``generate(prefix_allowed_tokens_fn=...)``
+  calls Python once per beam and step (``bench/bench_generative_rec.py`` compares the two).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+
+__all__ = ["TASKS", "SPECIAL_TOKENS", "CodeVocabulary", "build_tokenizer", "build_t5", "Seq2SeqSamples",
+           "TaskBatches", "T5Recommender", "Automaton", "beam_search"]  # fmt: skip
+
+TASKS = ("seqrec", "seqimage", "fusionseqrec", "item2image", "image2item")
+TASK_MODALITIES = {"seqrec": ("text",), "seqimage": ("image",), "fusionseqrec": ("text", "image"),
+                   "item2image": ("text", "image"), "image2item": ("text", "image")}  # fmt: skip
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+PAD, EOS = 0, 1  # ids of <pad> (also the decoder start) and </s> in the built vocabulary
+
+
+def build_tokenizer(code_tokens: Sequence[str], pretrained: str | None = None):
+    """A tokenizer holding the prompt and code tokens: word-level from scratch, or a pretrained one extended."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    prompts = [f"<{task}>" for task in TASKS]
+    if pretrained:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(pretrained)
+        except Exception as exc:
+            raise HarnessError(f"model.t5_pretrained: could not load a tokenizer from {pretrained!r} "
+                               f"({' '.join(str(exc).split())[:160]}).") from exc  # fmt: skip
+        tokenizer.add_tokens([*prompts, *code_tokens])
+        return tokenizer
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *prompts, *code_tokens])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"<[^<>]*>"), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_t5(tokenizer, *, d_model: int, d_ff: int, num_layers: int, num_heads: int, dropout: float,
+             pretrained: str | None = None, seed: int = 0) -> nn.Module:  # fmt: skip
+    """``T5ForConditionalGeneration`` from a config (seeded init), or from a pretrained directory, sized to the vocabulary."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    if pretrained:
+        try:
+            model = T5ForConditionalGeneration.from_pretrained(pretrained)
+        except Exception as exc:
+            raise HarnessError(f"model.t5_pretrained: could not load T5 from {pretrained!r} "
+                               f"({' '.join(str(exc).split())[:160]}).") from exc  # fmt: skip
+        model.resize_token_embeddings(len(tokenizer))
+        return model
+    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
+                      num_layers=num_layers, num_decoder_layers=num_layers, num_heads=num_heads,
+                      dropout_rate=dropout, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)  # fmt: skip
+    torch.manual_seed(seed)
+    return T5ForConditionalGeneration(config)
+
+
+@dataclass(frozen=True)
+class CodeVocabulary:
+    """Token ids of the items' codes per modality (``[n_items, L]``, row 0 the padding item) and of the prompts."""
+
+    codes: dict[str, np.ndarray]
+    prompts: dict[str, int]
+    eos: int
+    pad: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, item_tokens: dict[str, list[list[str]]]) -> "CodeVocabulary":
+        """``item_tokens[modality][i]``: item id ``i + 1``'s code tokens."""
+        vocab = tokenizer.get_vocab()
+        codes = {}
+        for modality, tokens in item_tokens.items():
+            ids = np.array([[vocab[t] for t in row] for row in tokens], dtype=np.int64)
+            codes[modality] = np.concatenate([np.full((1, ids.shape[1]), tokenizer.pad_token_id), ids])
+        prompts = {task: vocab[f"<{task}>"] for task in TASKS}
+        return cls(codes, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+    def history_input(self, task: str, history: np.ndarray, max_his_len: int) -> list[int]:
+        """``<task>`` + the codes of the last ``max_his_len`` items (both modalities for fusion) + ``</s>``."""
+        items = np.asarray(history, np.int64)[-max_his_len:]
+        modalities = TASK_MODALITIES[task]
+        per_item = np.concatenate([self.codes[m][items] for m in modalities], axis=1) if len(items) else []
+        return [self.prompts[task], *np.ravel(per_item).tolist(), self.eos]
+
+    def target(self, modality: str, item: int) -> list[int]:
+        return [*self.codes[modality][item].tolist(), self.eos]
+
+
+class Seq2SeqSamples(torch.utils.data.Dataset):
+    """(input ids, label ids) pairs, padded per batch by :meth:`collate`; ``tasks[i]`` names pair ``i``'s task."""
+
+    def __init__(self, pairs: list[tuple[list[int], list[int]]], pad: int, tasks: list[str] | None = None):
+        self.pairs, self.pad = pairs, pad
+        self.tasks = tasks if tasks is not None else [""] * len(pairs)
+
+    def batches(self, batch_size: int, seed: int) -> "TaskBatches":
+        return TaskBatches(self.tasks, batch_size, seed)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[list[int], list[int]]:
+        return self.pairs[index]
+
+    def collate(self, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs, labels = zip(*rows)
+        return (*_pad_right(inputs, self.pad), _pad_right(labels, -100)[0])
+
+    @classmethod
+    def build(cls, vocabulary: CodeVocabulary, tasks: Sequence[str], sequences: Sequence[np.ndarray],
+              items: np.ndarray, max_his_len: int, positions_per_user: int) -> "Seq2SeqSamples":  # fmt: skip
+        """Every task's pairs: sequence tasks at each sequence's last ``positions_per_user`` positions, the
+        translation tasks once per catalogue item (``items``)."""
+        pairs: list[tuple[list[int], list[int]]] = []
+        names: list[str] = []
+        for task in tasks:
+            start = len(pairs)
+            if task in ("item2image", "image2item"):
+                source, target = ("text", "image") if task == "item2image" else ("image", "text")
+                for item in items:
+                    pairs.append(([vocabulary.prompts[task], *vocabulary.codes[source][item].tolist(), vocabulary.eos],
+                                  vocabulary.target(target, int(item))))  # fmt: skip
+                names += [task] * (len(pairs) - start)
+                continue
+            output = "image" if task == "seqimage" else "text"
+            for sequence in sequences:
+                sequence = np.asarray(sequence, np.int64)
+                for position in range(max(1, len(sequence) - positions_per_user), len(sequence)):
+                    pairs.append((vocabulary.history_input(task, sequence[:position], max_his_len),
+                                  vocabulary.target(output, int(sequence[position]))))  # fmt: skip
+            names += [task] * (len(pairs) - start)
+        return cls(pairs, vocabulary.pad, names)
+
+
+class TaskBatches(torch.utils.data.Sampler):
+    """Shuffled batches of one task each: a translation pair (a few tokens) never waits padded to a
+    history (up to ``1 + max_his_len x L`` tokens), and a fusion history never pads a plain one.
+
+    Every epoch shuffles each task's pairs, cuts them into batches and shuffles the batches of all
+    tasks together, from a seeded generator: the same seed gives the same batches.
+    """
+
+    def __init__(self, tasks: Sequence[str], batch_size: int, seed: int):
+        self.groups = [np.flatnonzero(np.asarray(tasks) == task) for task in dict.fromkeys(tasks)]
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return sum(-(-len(group) // self.batch_size) for group in self.groups)
+
+    def __iter__(self):
+        batches = [order[i : i + self.batch_size].tolist() for group in self.groups
+                   for order in [self.rng.permutation(group)] for i in range(0, len(order), self.batch_size)]  # fmt: skip
+        for index in self.rng.permutation(len(batches)):
+            yield batches[index]
+
+
+def _pad_right(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, max_len]`` ids padded on the right with ``value``, and the attention mask."""
+    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
+    mask = torch.zeros(out.shape, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return out, mask
+
+
+class T5Recommender(nn.Module):
+    """The T5 model in the training loop's interface: ``training_step((input_ids, attention_mask, labels))``."""
+
+    def __init__(self, t5: nn.Module):
+        super().__init__()
+        self.t5 = t5
+        self._loss_sum, self._rows = 0.0, 0
+
+    def training_step(self, batch) -> torch.Tensor:
+        input_ids, attention_mask, labels = batch
+        loss = self.t5(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        self._loss_sum += float(loss.detach()) * len(labels)
+        self._rows += len(labels)
+        return loss
+
+    def epoch_logs(self) -> dict[str, float]:
+        logs = {"loss/t5": self._loss_sum / max(1, self._rows)}
+        self._loss_sum, self._rows = 0.0, 0
+        return logs
+
+
+@dataclass(frozen=True)
+class Automaton:
+    """A decoding constraint as tensors: per state, the allowed tokens (``[S, C]``, padded), the state
+    each leads to, and which entries are real. Beam search follows it for every beam at once."""
+
+    tokens: torch.Tensor
+    next_states: torch.Tensor
+    valid: torch.Tensor
+
+    @classmethod
+    def from_transitions(cls, tokens: list[list[int]], next_states: list[list[int]]) -> "Automaton":
+        """From ``constraint.transitions()`` (:class:`~models.rqvae_t5.trie.CodeTrie`, ``SuccessorTable``)."""
+        width = max(1, max(len(row) for row in tokens))
+        out = [torch.zeros((len(tokens), width), dtype=torch.long) for _ in range(2)]
+        valid = torch.zeros((len(tokens), width), dtype=torch.bool)
+        for state, (row, targets) in enumerate(zip(tokens, next_states)):
+            out[0][state, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+            out[1][state, : len(row)] = torch.as_tensor(targets, dtype=torch.long)
+            valid[state, : len(row)] = True
+        return cls(out[0], out[1], valid)
+
+    @classmethod
+    def unconstrained(cls, vocab_size: int, pad: int) -> "Automaton":
+        """Every token but padding at every step: free generation."""
+        tokens = torch.tensor([[t for t in range(vocab_size) if t != pad]])
+        return cls(tokens, torch.zeros_like(tokens), torch.ones_like(tokens, dtype=torch.bool))
+
+    def to(self, device: torch.device) -> "Automaton":
+        return Automaton(self.tokens.to(device), self.next_states.to(device), self.valid.to(device))
+
+
+@torch.no_grad()
+def beam_search(t5: nn.Module, inputs: Sequence[list[int]], num_levels: int, num_beams: int, automaton: Automaton, *,
+                eos: int, pad: int, device: torch.device, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Beam search of ``num_levels`` code tokens then EOS, every beam kept: codes ``[N, num_beams, num_levels]``
+    and summed log-probabilities ``[N, num_beams]`` (EOS included; best first; ``-inf`` where fewer
+    paths exist than beams).
+
+    Each step scores only the tokens ``automaton`` allows after each beam's state and keeps the
+    ``num_beams`` best (beam, token) pairs of every input, as tensors over all beams at once; the
+    decoder's key/value cache is reordered with the surviving beams. The encoder runs once per input.
+    """
+    from transformers.modeling_outputs import BaseModelOutput
+
+    t5.eval()
+    # transformers 5 calls the decoder's key/value cache ``cache`` (in and out), 4.x ``past_key_values``
+    cache_arg = "cache" if "cache" in inspect.signature(t5.forward).parameters else "past_key_values"
+    automaton = automaton.to(device)
+    width, k = automaton.tokens.shape[1], num_beams
+    codes = np.zeros((len(inputs), k, num_levels), np.int64)
+    scores = np.full((len(inputs), k), -np.inf, np.float32)
+    for start in range(0, len(inputs), batch_size):
+        ids, mask = (t.to(device) for t in _pad_right(inputs[start : start + batch_size], pad))
+        b = len(ids)
+        hidden = t5.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state.repeat_interleave(k, 0)
+        encoded, mask = BaseModelOutput(last_hidden_state=hidden), mask.repeat_interleave(k, 0)
+        beam_scores = torch.full((b, k), -torch.inf, device=device)
+        beam_scores[:, 0] = 0.0  # one live beam per input at the start
+        states = torch.zeros(b * k, dtype=torch.long, device=device)
+        last = torch.full((b * k, 1), t5.config.decoder_start_token_id, dtype=torch.long, device=device)
+        past, history = None, []
+        offsets = (torch.arange(b, device=device) * k)[:, None]
+        for step in range(num_levels + 1):
+            out = t5(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=last, use_cache=True,
+                     **{cache_arg: past})  # fmt: skip
+            past, log_probs = getattr(out, cache_arg), out.logits[:, -1].float().log_softmax(-1)
+            if step == num_levels:  # the tuple is complete: it ends with EOS
+                beam_scores = beam_scores + log_probs[:, eos].view(b, k)
+                break
+            candidates = automaton.tokens[states]  # [b·k, width]
+            step_scores = log_probs.gather(1, candidates).masked_fill(~automaton.valid[states], -torch.inf)
+            best, index = (beam_scores.view(-1, 1) + step_scores).view(b, k * width).topk(k, dim=1)
+            source = (index // width + offsets).view(-1)
+            choice = (index % width).view(-1)
+            token = candidates[source, choice]
+            states, beam_scores = automaton.next_states[states[source], choice], best
+            history = [h[source] for h in history] + [token]
+            past.reorder_cache(source)
+            last = token[:, None]
+        order = beam_scores.argsort(dim=1, descending=True, stable=True)
+        tuples = torch.stack(history, 1).view(b, k, num_levels)
+        codes[start : start + b] = tuples.gather(1, order[..., None].expand(-1, -1, num_levels)).cpu().numpy()
+        scores[start : start + b] = beam_scores.gather(1, order).cpu().numpy()
+    return codes, scores
