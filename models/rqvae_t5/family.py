@@ -265,9 +265,10 @@ class RQVAET5(ListRecommender):
         """Each row's beams as items (0 for a beam that is no item) with their log-probabilities."""
         task = self.decoders[modality]
         inputs = [self.vocabulary.history_input(task, h, self.config.max_his_len) for h in part["history"]]
+        histories = [np.asarray(h, np.int64) - 1 for h in part["history"]]  # item id i is the trie's item i - 1
         codes, scores = beam_search(self.model.t5, inputs, self.config.rqvae.num_levels, self.config.num_beams,
                                     automaton, eos=self.vocabulary.eos, pad=self.vocabulary.pad, device=self.device,
-                                    batch_size=self.config.generate_batch_size)  # fmt: skip
+                                    batch_size=self.config.generate_batch_size, exclude=histories)  # fmt: skip
         trie = self.tries[modality]
         found = [[trie.item_of(beam) for beam in row] for row in codes]
         items = np.array([[-1 if i is None else i for i in row] for row in found], dtype=np.int64) + 1

@@ -24,8 +24,9 @@
 * **Decoding** (:func:`beam_search`): ``num_beams`` beams of ``L`` code tokens and ``</s>``, every
   beam returned with its summed log-probability, under a constraint given as an automaton
   (:class:`Automaton`: the trie's prefixes, the seed's successor table, or nothing). Every step
-  is a few tensor operations over all beams of a batch, where ``generate(prefix_allowed_tokens_fn=...)``
-  calls Python once per beam and step (``bench/bench_generative_rec.py`` compares the two).
+  is a few tensor operations over all beams of a batch; it returns the beams and scores of
+  ``generate(prefix_allowed_tokens_fn=trie)`` at about its speed (``bench/bench_generative_rec.py``)
+  and can keep a user's history items out of the beams, which a trie shared by all users cannot.
 """
 
 from __future__ import annotations
@@ -226,14 +227,18 @@ class T5Recommender(nn.Module):
 @dataclass(frozen=True)
 class Automaton:
     """A decoding constraint as tensors: per state, the allowed tokens (``[S, C]``, padded), the state
-    each leads to, and which entries are real. Beam search follows it for every beam at once."""
+    each leads to, which entries are real, and the item a state spells (``[S]``, -1 for none).
+    Beam search follows it for every beam at once."""
 
     tokens: torch.Tensor
     next_states: torch.Tensor
     valid: torch.Tensor
+    items: torch.Tensor
+    below: torch.Tensor  # [S] items reachable from each state (a tree's subtree sizes; 0 where unknown)
+    paths: torch.Tensor  # [items, depth] the states on each item's path below the start (empty if unknown)
 
     @classmethod
-    def from_transitions(cls, tokens: list[list[int]], next_states: list[list[int]]) -> "Automaton":
+    def from_transitions(cls, tokens: list[list[int]], next_states: list[list[int]], items: list[int]) -> "Automaton":
         """From ``constraint.transitions()`` (:class:`~models.rqvae_t5.trie.CodeTrie`, ``SuccessorTable``)."""
         width = max(1, max(len(row) for row in tokens))
         out = [torch.zeros((len(tokens), width), dtype=torch.long) for _ in range(2)]
@@ -242,21 +247,34 @@ class Automaton:
             out[0][state, : len(row)] = torch.as_tensor(row, dtype=torch.long)
             out[1][state, : len(row)] = torch.as_tensor(targets, dtype=torch.long)
             valid[state, : len(row)] = True
-        return cls(out[0], out[1], valid)
+        parent = {child: state for state, targets in enumerate(next_states) for child in targets}
+        below, paths = [0] * len(tokens), [[] for _ in range(max(items) + 1)]
+        if len(parent) == len(tokens) - 1:  # a tree (the trie): every state but the start has one parent
+            for leaf, item in enumerate(items):
+                state = leaf
+                while item >= 0 and state != 0:
+                    below[state] += 1
+                    paths[item].insert(0, state)
+                    state = parent[state]
+        return cls(out[0], out[1], valid, torch.as_tensor(items, dtype=torch.long), torch.as_tensor(below),
+                   torch.as_tensor(paths if all(paths) else [], dtype=torch.long))  # fmt: skip
 
     @classmethod
     def unconstrained(cls, vocab_size: int, pad: int) -> "Automaton":
         """Every token but padding at every step: free generation."""
         tokens = torch.tensor([[t for t in range(vocab_size) if t != pad]])
-        return cls(tokens, torch.zeros_like(tokens), torch.ones_like(tokens, dtype=torch.bool))
+        return cls(tokens, torch.zeros_like(tokens), torch.ones_like(tokens, dtype=torch.bool), torch.tensor([-1]),
+                   torch.zeros(1, dtype=torch.long), torch.zeros((0, 0), dtype=torch.long))  # fmt: skip
 
     def to(self, device: torch.device) -> "Automaton":
-        return Automaton(self.tokens.to(device), self.next_states.to(device), self.valid.to(device))
+        return Automaton(*(t.to(device) for t in (self.tokens, self.next_states, self.valid, self.items, self.below,
+                                                   self.paths)))  # fmt: skip
 
 
 @torch.no_grad()
 def beam_search(t5: nn.Module, inputs: Sequence[list[int]], num_levels: int, num_beams: int, automaton: Automaton, *,
-                eos: int, pad: int, device: torch.device, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                eos: int, pad: int, device: torch.device, batch_size: int = 64,
+                exclude: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Beam search of ``num_levels`` code tokens then EOS, every beam kept: codes ``[N, num_beams, num_levels]``
     and summed log-probabilities ``[N, num_beams]`` (EOS included; best first; ``-inf`` where fewer
     paths exist than beams).
@@ -264,6 +282,9 @@ def beam_search(t5: nn.Module, inputs: Sequence[list[int]], num_levels: int, num
     Each step scores only the tokens ``automaton`` allows after each beam's state and keeps the
     ``num_beams`` best (beam, token) pairs of every input, as tensors over all beams at once; the
     decoder's key/value cache is reordered with the surviving beams. The encoder runs once per input.
+    ``exclude[i]`` (item indices of the automaton's ``items``) are never decoded for input ``i``:
+    with a trie, a prefix whose every item is excluded is never entered, so a user's history
+    spends no beam.
     """
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -281,10 +302,19 @@ def beam_search(t5: nn.Module, inputs: Sequence[list[int]], num_levels: int, num
         encoded, mask = BaseModelOutput(last_hidden_state=hidden), mask.repeat_interleave(k, 0)
         beam_scores = torch.full((b, k), -torch.inf, device=device)
         beam_scores[:, 0] = 0.0  # one live beam per input at the start
-        states = torch.zeros(b * k, dtype=torch.long, device=device)
         last = torch.full((b * k, 1), t5.config.decoder_start_token_id, dtype=torch.long, device=device)
         past, history = None, []
         offsets = (torch.arange(b, device=device) * k)[:, None]
+        remaining = None  # [b·k, S]: items still reachable from each state for the beam's input
+        if exclude is not None and automaton.paths.numel():
+            removed = torch.zeros((b, len(automaton.below)), dtype=torch.long, device=device)
+            for row, items in enumerate(exclude[start : start + b]):
+                items = np.asarray(items, np.int64)
+                items = torch.as_tensor(items[(items >= 0) & (items < len(automaton.paths))], device=device)
+                on_paths = automaton.paths[items].flatten()
+                removed[row].index_add_(0, on_paths, torch.ones_like(on_paths))
+            remaining = (automaton.below - removed).repeat_interleave(k, 0)
+        states = torch.zeros(b * k, dtype=torch.long, device=device)
         for step in range(num_levels + 1):
             out = t5(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=last, use_cache=True,
                      **{cache_arg: past})  # fmt: skip
@@ -293,7 +323,10 @@ def beam_search(t5: nn.Module, inputs: Sequence[list[int]], num_levels: int, num
                 beam_scores = beam_scores + log_probs[:, eos].view(b, k)
                 break
             candidates = automaton.tokens[states]  # [b·k, width]
-            step_scores = log_probs.gather(1, candidates).masked_fill(~automaton.valid[states], -torch.inf)
+            blocked = ~automaton.valid[states]
+            if remaining is not None:  # no step into a subtree whose items are all excluded
+                blocked |= remaining.gather(1, automaton.next_states[states]) == 0
+            step_scores = log_probs.gather(1, candidates).masked_fill(blocked, -torch.inf)
             best, index = (beam_scores.view(-1, 1) + step_scores).view(b, k * width).topk(k, dim=1)
             source = (index // width + offsets).view(-1)
             choice = (index % width).view(-1)

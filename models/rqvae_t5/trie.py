@@ -108,21 +108,24 @@ class CodeTrie(_CodeConstraint):
     def allowed(self, prefix: Sequence[int]) -> list[int]:
         return self._allowed.get(tuple(prefix), self._eos_only)
 
-    def transitions(self) -> tuple[list[list[int]], list[list[int]]]:
+    def transitions(self) -> tuple[list[list[int]], list[list[int]], list[int]]:
         """The trie as an automaton for batched beam search: state 0 is the empty prefix, every other
-        state one prefix; ``tokens[s]`` may follow state ``s`` and lead to ``next_states[s]``."""
+        state one prefix; ``tokens[s]`` may follow state ``s`` and lead to ``next_states[s]``;
+        ``items[s]`` is the item a full tuple's state spells (-1 for shorter prefixes)."""
         index = {(): 0}
         tokens: list[list[int]] = [[]]
         next_states: list[list[int]] = [[]]
+        items = [-1]
         for prefix in sorted(self._allowed, key=len):  # parents before children
             for token in self._allowed[prefix]:
                 child = prefix + (token,)
                 index[child] = len(tokens)
                 tokens.append([])
                 next_states.append([])
+                items.append(self._item_of.get(child, -1))
                 tokens[index[prefix]].append(token)
                 next_states[index[prefix]].append(index[child])
-        return tokens, next_states
+        return tokens, next_states, items
 
 
 class SuccessorTable(_CodeConstraint):
@@ -147,10 +150,11 @@ class SuccessorTable(_CodeConstraint):
             return self._first
         return self._next.get(prefix[-1], self._eos_only)
 
-    def transitions(self) -> tuple[list[list[int]], list[list[int]]]:
+    def transitions(self) -> tuple[list[list[int]], list[list[int]], list[int]]:
         """The table as an automaton (see :meth:`CodeTrie.transitions`): state 0 is the start, state
-        ``1 + j`` "the last token was the j-th code token"; EOS is left out (it ends a tuple)."""
+        ``1 + j`` "the last token was the j-th code token"; EOS is left out (it ends a tuple). A
+        state knows no item (``items`` all -1): the table does not remember the tuple."""
         codes = sorted({t for ids in self._item_of for t in ids})
         state = {token: 1 + j for j, token in enumerate(codes)}
         tokens = [list(self._first)] + [[t for t in self._next[c] if t != self.eos_token_id] for c in codes]
-        return tokens, [[state[t] for t in row] for row in tokens]
+        return tokens, [[state[t] for t in row] for row in tokens], [-1] * len(tokens)

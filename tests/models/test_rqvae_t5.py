@@ -118,6 +118,14 @@ def test_batched_beam_search_is_generate_with_the_trie_and_only_the_trie_yields_
         assert {tuple(t) for t in ours[row]} == {tuple(t) for t in theirs[row]}
     np.testing.assert_allclose(scores, out.sequences_scores.numpy().reshape(6, 10), atol=1e-5)
     assert trie.count_invalid(ours.reshape(-1, 3)) == 0
+    top3 = [np.array([trie.item_of(beam) for beam in row[:3]]) for row in ours]  # exclude each input's best 3
+    kept, kept_scores = beam_search(t5, inputs, 3, 10, Automaton.from_transitions(*trie.transitions()),
+                                    eos=vocabulary.eos, pad=vocabulary.pad, device=torch.device("cpu"), exclude=top3)  # fmt: skip
+    assert np.isfinite(kept_scores).all()  # excluded subtrees are pruned early: every beam is still an item
+    for row, before, banned in zip(kept, ours, top3):
+        items = [trie.item_of(beam) for beam in row]
+        assert not set(items) & set(banned.tolist())
+        assert set(items) >= {trie.item_of(beam) for beam in before[3:]}  # the others stay, new ones fill up
     table = SuccessorTable(vocabulary.codes["text"][1:], vocabulary.eos)
     leaked, _ = beam_search(t5, inputs, 3, 10, Automaton.from_transitions(*table.transitions()), eos=vocabulary.eos,
                             pad=vocabulary.pad, device=torch.device("cpu"))  # fmt: skip
