@@ -57,11 +57,7 @@ def build_tokenizer(code_tokens: Sequence[str], pretrained: str | None = None):
 
     prompts = [f"<{task}>" for task in TASKS]
     if pretrained:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(pretrained)
-        except Exception as exc:
-            raise HarnessError(f"model.t5_pretrained: could not load a tokenizer from {pretrained!r} "
-                               f"({' '.join(str(exc).split())[:160]}).") from exc  # fmt: skip
+        tokenizer = _from_pretrained(AutoTokenizer, pretrained, "a tokenizer")
         tokenizer.add_tokens([*prompts, *code_tokens])
         return tokenizer
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
@@ -72,17 +68,21 @@ def build_tokenizer(code_tokens: Sequence[str], pretrained: str | None = None):
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
+def _from_pretrained(cls, path: str, what: str):
+    try:
+        return cls.from_pretrained(path)
+    except Exception as exc:
+        raise HarnessError(f"model.t5_pretrained: could not load {what} from {path!r} "
+                           f"({' '.join(str(exc).split())[:160]}).") from exc  # fmt: skip
+
+
 def build_t5(tokenizer, *, d_model: int, d_ff: int, num_layers: int, num_heads: int, dropout: float,
              pretrained: str | None = None, seed: int = 0) -> nn.Module:  # fmt: skip
     """``T5ForConditionalGeneration`` from a config (seeded init), or from a pretrained directory, sized to the vocabulary."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     if pretrained:
-        try:
-            model = T5ForConditionalGeneration.from_pretrained(pretrained)
-        except Exception as exc:
-            raise HarnessError(f"model.t5_pretrained: could not load T5 from {pretrained!r} "
-                               f"({' '.join(str(exc).split())[:160]}).") from exc  # fmt: skip
+        model = _from_pretrained(T5ForConditionalGeneration, pretrained, "T5")
         model.resize_token_embeddings(len(tokenizer))
         return model
     config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,

@@ -161,3 +161,47 @@ def test_an_mql4grec_embedding_file_is_read_in_its_own_item_index_order(tmp_path
     family = create_model("rqvae_t5", {**TINY, "text_embeddings": str(path)})
     embeddings = item_embeddings(dataset, "text", family.config, _context(dataset, tmp_path))
     np.testing.assert_array_equal(embeddings[:, 0], raw)  # item id i (row i - 1) gets its index's row
+
+
+def test_cross_validated_beside_popularity_on_one_fold_file_with_a_fused_ensemble(workdir, tmp_path):
+    """The whole flow on a small MovieLens-format set: CV, test lists, submission, leaderboard, ensemble."""
+    import pandas as pd
+
+    from harness import ensemble
+    from harness.cv import make_run_config, run_cv
+    from harness.data.movielens import generate_movielens
+    from harness.leaderboard import leaderboard
+
+    generate_movielens(tmp_path / "ml", n_users=80, n_items=120, mean_length=20)
+    runs = {
+        model: run_cv(make_run_config(model, {"train": {"progress": False, "epochs": 2}, "threads_per_fold": 1},
+                                      {"folds": 2, "seed": 5, "data": {"dir": str(tmp_path / "ml")}, "model": params}),
+                      log=lambda m: None)
+        for model, params in {"popularity": {}, "rqvae_t5": {**TINY, "num_beams": 20}}.items()
+    }  # fmt: skip
+    assert runs["popularity"]["fold_file"] == runs["rqvae_t5"]["fold_file"]
+    result = runs["rqvae_t5"]
+    assert 0 <= result["cv_ndcg@10_full_mean"] <= 1 and "test_ndcg@10_full" in result
+    assert not any(key.endswith("_sampled") for key in result)  # a list family reports _full metrics only
+    submission = pd.read_csv(result["submission"])
+    assert list(submission.columns) == ["user_id", "items"] and len(submission) == 80
+    assert submission["items"].str.split().map(len).between(1, 20).all()
+    fused = ensemble.run_ensemble([runs["rqvae_t5"]["run_id"], runs["popularity"]["run_id"]], "rank_mean",
+                                  log=lambda m: None)  # fmt: skip
+    assert 0 <= fused["oof_ndcg@10_full"] <= 1
+    board = leaderboard("movielens", log=lambda m: None)
+    assert {"rqvae_t5", "popularity", "ensemble:rank_mean"} <= set(board["model"])
+
+
+def test_a_pretrained_t5_directory_is_loaded_and_extended_with_the_code_tokens(rec_dataset, tmp_path):
+    from models.rqvae_t5.seq2seq import build_t5, build_tokenizer
+
+    tokenizer = build_tokenizer(["<a_0>", "<b_0>"])  # a vocabulary without most code tokens
+    t5 = build_t5(tokenizer, d_model=32, d_ff=64, num_layers=1, num_heads=2, dropout=0.0)
+    tokenizer.save_pretrained(tmp_path / "t5")
+    t5.save_pretrained(tmp_path / "t5")
+    family, valid = _fit(rec_dataset, tmp_path, {"modalities": ["text"], "t5_pretrained": str(tmp_path / "t5")})
+    assert len(family.tokenizer) > len(tokenizer) and family.model.t5.config.vocab_size == len(family.tokenizer)
+    assert family.predict(valid).items.shape == (len(valid), 8)
+    with pytest.raises(HarnessError, match="model.t5_pretrained: could not load a tokenizer"):
+        _fit(rec_dataset, tmp_path, {"modalities": ["text"], "t5_pretrained": str(tmp_path / "missing")})
