@@ -16,6 +16,8 @@ import sys
 
 from harness.errors import HarnessError
 
+DATA_HELP = "directory with real data in the dataset's format (default: embedded data)"
+
 
 def cv_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -27,7 +29,7 @@ def cv_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", help="registered model family (see --list-models)")
     parser.add_argument("--folds", type=int, help="number of CV folds (default 3)")
-    parser.add_argument("--data", help="directory with real data in the dataset's format (default: embedded data)")
+    parser.add_argument("--data", help=DATA_HELP)
     parser.add_argument("--config", help="YAML file with run, data, train and model settings")
     parser.add_argument("--seed", type=int, help="seed for initialisation and shuffling, and the folds (default 42)")
     parser.add_argument("--fold-seed", type=int, help="seed for the fold split only (default: --seed); runs that "
@@ -91,7 +93,7 @@ def score_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("submission", metavar="SUBMISSION.csv")
     parser.add_argument("--dataset", required=True, help="the dataset the file answers (e.g. views, movielens)")
-    parser.add_argument("--data", help="directory with real data in the dataset's format (default: embedded data)")
+    parser.add_argument("--data", help=DATA_HELP)
     parser.add_argument("--metric", help="any metric of the task (default: the dataset's)")
     parser.add_argument("--labels", metavar="FILE", help="the test targets in the submission's format, for test "
                         "files without them (default: test_labels.csv in the data directory)")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,22 @@ def workdir(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     return work
+
+
+@pytest.fixture(scope="session")
+def isolated_store(tmp_path_factory):
+    """For module-scoped fixtures: ``with isolated_store(name) as work`` runs in an empty directory
+    whose MLflow store is its own."""
+
+    @contextmanager
+    def enter(name: str):
+        work = tmp_path_factory.mktemp(name)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(work)
+            mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+            yield work
+
+    return enter
 
 
 @pytest.fixture

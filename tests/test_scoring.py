@@ -41,14 +41,11 @@ def _split(dataset):
 
 
 @pytest.fixture(scope="module")
-def board(views_template, tmp_path_factory):
+def board(views_template, isolated_store):
     """One store: a CV run on the tiny views data with its submission scored, and a hand-edited copy scored."""
     from harness.cv import make_run_config, run_cv
 
-    work = tmp_path_factory.mktemp("scoring")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(work)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with isolated_store("scoring") as work:
         layer = {"folds": 2, "data": {"dir": str(views_template)}, "train": {"epochs": 2, "progress": False}}
         cv = run_cv(make_run_config("clip_multimodal", layer), log=lambda m: None)
         cv_lines, edited_lines = [], []

@@ -82,7 +82,7 @@ from harness.data.sequences import (
     check_sequence_options,
     files_by_stem,
     history_texts,
-    leave_one_out,
+    leave_one_out_dataset,
 )
 from harness.errors import HarnessError
 from harness.tasks import TaskType
@@ -557,28 +557,11 @@ def _dataset(name: str, root: Path, built: Sequences, catalogue: pd.DataFrame, m
     texts = history_texts([s[:-2] for s in built.sequences], [t.split("|") for t in catalogue["genres"]],
                           list(catalogue["title"]), genres, HISTORY_TEXT_TEMPLATE,
                           any_genre="any category")  # fmt: skip
-    train, test = leave_one_out(built.sequences, texts)
-    users = pd.DataFrame({"user_id": train["user_id"].to_numpy(), "raw_user_id": built.raw_users})
-    return Dataset(
-        name=name,
-        task=TaskType.SEQUENTIAL_RECOMMENDATION,
-        train=train,
-        test=test,
-        id_col="user_id",
-        target_col="target",
-        root=root,
-        group_col=None,
-        meta={
-            "n_items": len(catalogue) + 1,
-            "items": catalogue,
-            "users": users,
-            "genres": genres,
-            "stats": {k: int(v) for k, v in built.stats.items()},
-            **meta,
-        },
-        media_cols=("poster_path",),
-        options=options,
-    )
+    users = pd.DataFrame({"user_id": np.arange(1, len(built.sequences) + 1, dtype=np.int64),
+                          "raw_user_id": built.raw_users})  # fmt: skip
+    meta = {"n_items": len(catalogue) + 1, "items": catalogue, "users": users, "genres": genres,
+            "stats": {k: int(v) for k, v in built.stats.items()}, **meta}  # fmt: skip
+    return leave_one_out_dataset(name, built.sequences, texts, root, meta, options)
 
 
 def _clean(value) -> str:

@@ -93,7 +93,7 @@ from harness.data.sequences import (
     files_by_stem,
     history_texts,
     k_core,
-    leave_one_out,
+    leave_one_out_dataset,
 )
 from harness.errors import HarnessError
 from harness.tasks import TaskType
@@ -215,31 +215,20 @@ def read_movielens(
     if profiles is not None:
         user_table = user_table.join(profiles.reset_index(drop=True))
 
-    train, test = leave_one_out(sequences, texts)
-    return Dataset(
-        name="movielens",
-        task=TaskType.SEQUENTIAL_RECOMMENDATION,
-        train=train,
-        test=test,
-        id_col="user_id",
-        target_col="target",
-        root=root,
-        group_col=None,
-        meta={
-            "n_items": len(raw_items) + 1,
-            "items": catalogue,
-            "users": user_table,
-            "genres": genres,
-            "format": fmt,
-            "stats": {k: int(v) for k, v in stats.items()},
-            "sampled_negatives": int(sampled_negatives),
-            "negative_sampling": negative_sampling,
-            "tie_order": tie_order,
-        },
-        media_cols=("poster_path",),
-        options={"min_rating": min_rating, "min_user_interactions": int(min_user_interactions),
-                 "min_item_interactions": int(min_item_interactions), "tie_order": tie_order},  # fmt: skip
-    )
+    meta = {
+        "n_items": len(raw_items) + 1,
+        "items": catalogue,
+        "users": user_table,
+        "genres": genres,
+        "format": fmt,
+        "stats": {k: int(v) for k, v in stats.items()},
+        "sampled_negatives": int(sampled_negatives),
+        "negative_sampling": negative_sampling,
+        "tie_order": tie_order,
+    }
+    options = {"min_rating": min_rating, "min_user_interactions": int(min_user_interactions),
+               "min_item_interactions": int(min_item_interactions), "tie_order": tie_order}  # fmt: skip
+    return leave_one_out_dataset("movielens", sequences, texts, root, meta, options)
 
 
 def _detect_format(root: Path) -> tuple[str, dict[str, Path]]:

@@ -12,7 +12,7 @@ in file order) and hands them to :func:`build_sequences`, which
   id (``tie_order="item_id"``);
 * describes everything it merged or dropped in one sentence, for the reader's one warning.
 
-:func:`leave_one_out` then turns the sequences into the ``train`` / ``test`` frames of
+:func:`leave_one_out_dataset` then turns the sequences into the :class:`~harness.data.Dataset` of
 :class:`~harness.tasks.TaskType.SEQUENTIAL_RECOMMENDATION`. The readers share the option checks
 (:func:`check_sequence_options`), the item-file lookup (:func:`files_by_stem`) and the user texts
 built from training histories (:func:`history_texts`), so every dataset means the same by them.
@@ -23,11 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from harness.data import Dataset
 from harness.errors import HarnessError
+from harness.tasks import TaskType
 
 __all__ = [
     "TIE_ORDERS",
@@ -36,7 +39,7 @@ __all__ = [
     "Sequences",
     "check_sequence_options",
     "build_sequences",
-    "leave_one_out",
+    "leave_one_out_dataset",
     "k_core",
     "files_by_stem",
     "history_texts",
@@ -152,25 +155,27 @@ def build_sequences(
     return Sequences(raw_user_values[kept_users], raw_item_values[kept_items], sequences, stats, report)
 
 
-def leave_one_out(sequences: list[np.ndarray], user_text: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``train`` (history ``s_1 .. s_{n-2}``, target ``s_{n-1}``) and ``test`` (``s_1 .. s_{n-1}``, ``s_n``).
+def leave_one_out_dataset(name: str, sequences: list[np.ndarray], user_text: list[str], root: Path,
+                          meta: dict[str, Any], options: dict[str, Any]) -> Dataset:  # fmt: skip
+    """The :class:`~harness.data.Dataset` of ``sequences``: ``train`` (history ``s_1 .. s_{n-2}``,
+    target ``s_{n-1}``) and ``test`` (``s_1 .. s_{n-1}``, target ``s_n``).
 
     One row per user, ``user_id`` ``1 .. U`` in the order of ``sequences``; ``history`` cells are
-    int64 arrays, oldest first.
+    int64 arrays, oldest first. ``meta`` holds the reader's catalogue (``n_items``, ``items``, ...).
     """
-    train = pd.DataFrame({
-        "user_id": np.arange(1, len(sequences) + 1, dtype=np.int64),
-        "history": object_column([s[:-2].copy() for s in sequences]),
-        "target": np.array([s[-2] for s in sequences], dtype=np.int64),
-        "user_text": user_text,
-    })  # fmt: skip
-    test = pd.DataFrame({
-        "user_id": train["user_id"].to_numpy(),
-        "history": object_column([s[:-1].copy() for s in sequences]),
-        "target": np.array([s[-1] for s in sequences], dtype=np.int64),
-        "user_text": user_text,
-    })  # fmt: skip
-    return train, test
+    user_ids = np.arange(1, len(sequences) + 1, dtype=np.int64)
+
+    def frame(cut: int) -> pd.DataFrame:
+        return pd.DataFrame({
+            "user_id": user_ids,
+            "history": object_column([s[:-cut].copy() for s in sequences]),
+            "target": np.array([s[-cut] for s in sequences], dtype=np.int64),
+            "user_text": user_text,
+        })  # fmt: skip
+
+    return Dataset(name=name, task=TaskType.SEQUENTIAL_RECOMMENDATION, train=frame(2), test=frame(1),
+                   id_col="user_id", target_col="target", root=root, group_col=None, meta=meta,
+                   media_cols=("poster_path",), options=options)  # fmt: skip
 
 
 def k_core(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int) -> np.ndarray:

@@ -12,16 +12,13 @@ from harness.leaderboard import COLUMNS, leaderboard, plot, render
 
 
 @pytest.fixture(scope="module")
-def store(views_template, tmp_path_factory):
+def store(views_template, isolated_store):
     """Two msle runs differing in ``model.hidden_dim``, one rmsle run and an ensemble, in one store."""
     from harness.cv import make_run_config, run_cv
     from harness.ensemble import run_ensemble
     from harness.tracking import tracking_uri
 
-    work = tmp_path_factory.mktemp("leaderboard")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(work)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with isolated_store("leaderboard"):
 
         def cv(hidden_dim, metric="msle"):
             cfg = make_run_config(
