@@ -16,7 +16,9 @@ and shared by the folds (none of the first three sees a fold's targets):
    per item, written as MQL4GRec index files (``<dataset>.index_lemb.json`` text,
    ``<dataset>.index_vitemb.json`` image) beside the cached codes;
 4. **T5** (:mod:`models.rqvae_t5.seq2seq`) trained per fold on the fold's training sequences
-   with the seed's task mix (``tasks``), early-stopped on the validation metric;
+   with the seed's task mix (``tasks``), early-stopped on the validation metric; each epoch trains
+   on ``positions_per_user`` target positions of every sequence, drawn anew each epoch from the
+   whole sequence (``positions="random"``; ``"recent"``: always its most recent ones);
 5. **decoding**: beam search (``num_beams``) constrained by a prefix trie over the items' code
    tuples, so every beam is an item: the text-code list (``seqrec``) and the image-code list
    (``seqimage``) are fused late, ``alpha`` × text + (1 − alpha) × image log-probability (an item
@@ -90,7 +92,8 @@ class RQVAET5Config:
     # (fusionseqrec, whose inputs are twice as long, one value away: model.tasks=[seqrec,fusionseqrec,...])
     tasks: list | None = None
     max_his_len: int = 20  # history items in an input (the seed's)
-    positions_per_user: int = 5  # next-item targets per training sequence and epoch (its most recent)
+    positions_per_user: int = 5  # next-item targets per training sequence and epoch
+    positions: str = "random"  # which: drawn anew each epoch from the whole sequence, or its most "recent"
     num_beams: int = 20  # beams per modality (the seed's); also the list length per modality
     alpha: float = 0.5  # late fusion: weight of the text-code list's log-probabilities
     generate_batch_size: int = 64  # users per beam search call
@@ -244,14 +247,17 @@ class RQVAET5(ListRecommender):
         self.model = T5Recommender(build_t5(tokenizer, d_model=config.d_model, d_ff=config.d_ff,
                                             num_layers=config.num_layers, num_heads=config.num_heads,
                                             dropout=config.dropout, pretrained=config.t5_pretrained, seed=ctx.seed))  # fmt: skip
-        samples = Seq2SeqSamples.build(self.vocabulary, self.tasks, training_sequences(train, valid).tolist(),
-                                       np.arange(1, self.n_items), config.max_his_len, config.positions_per_user)  # fmt: skip
-        ctx.log(f"rqvae_t5: {len(samples)} training pairs ({', '.join(self.tasks)}), T5 "
+        samples = Seq2SeqSamples(self.vocabulary, self.tasks, training_sequences(train, valid).tolist(),
+                                 np.arange(1, self.n_items), config.max_his_len)  # fmt: skip
+        batches = samples.batches(ctx.train_config.batch_size, config.positions_per_user,
+                                  config.positions == "recent", ctx.seed)  # fmt: skip
+        ctx.log(f"rqvae_t5: {batches.rows_per_epoch} training pairs per epoch of {len(samples)} "
+                f"({', '.join(self.tasks)}), T5 "
                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters")  # fmt: skip
         trainer = Trainer(ctx.train_config, ctx.metric, ctx.device, ctx.seed, ctx.log_metrics, ctx.workdir,
                           desc=f"fold {ctx.fold}")  # fmt: skip
         trainer.fit(self.model, samples, evaluate=lambda module: self.validation_score(valid, ctx),
-                    collate_fn=samples.collate, batch_sampler=samples.batches(ctx.train_config.batch_size, ctx.seed))  # fmt: skip
+                    collate_fn=samples.collate, batch_sampler=batches)  # fmt: skip
         self._explained.update(self._constraint_report(valid))
 
     def recommend(self, part: pd.DataFrame, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -308,7 +314,7 @@ def _flatten(prefix: str, report: dict[str, Any]) -> dict[str, float]:
 
 
 def search_space(trial) -> dict[str, Any]:
-    """Code levels and size, latent width, the last level's SK epsilon, T5 width and depth, beams."""
+    """Code levels and size, latent width, the last level's SK epsilon, T5 width and depth, beams, positions per epoch."""
     levels = trial.suggest_int("model.rqvae.num_levels", 3, 4)
     epsilon = trial.suggest_categorical("model.rqvae.sk_epsilon_last", [0.0, 0.003, 0.01])
     d_model = trial.suggest_categorical("model.d_model", [64, 128, 256])
@@ -319,7 +325,8 @@ def search_space(trial) -> dict[str, Any]:
                       "sk_epsilons": [0.0] * (levels - 1) + [epsilon]},  # fmt: skip
             "d_model": d_model, "d_ff": 2 * d_model,
             "num_layers": trial.suggest_int("model.num_layers", 1, 4),
-            "num_beams": trial.suggest_categorical("model.num_beams", [10, 20, 30]),
+            "num_beams": trial.suggest_categorical("model.num_beams", [20, 50, 100]),
+            "positions_per_user": trial.suggest_categorical("model.positions_per_user", [5, 10, 20]),
         },
         "train": {"lr": trial.suggest_float("train.lr", 3e-4, 3e-3, log=True)},
     }
@@ -356,6 +363,8 @@ def rqvae_t5(config: RQVAET5Config) -> RQVAET5:
                  "positions_per_user", "num_beams", "generate_batch_size", "text_dim")  # fmt: skip
     check_fields(config, NON_NEGATIVE, "constraint_check_users")
     check_fields(config, FRACTION, "dropout")
+    if config.positions not in ("random", "recent"):
+        raise HarnessError(f"model.positions must be random or recent, got {config.positions!r}.")
     if not 0 <= config.alpha <= 1:
         raise HarnessError(f"model.alpha must be in [0, 1], got {config.alpha!r}.")
     if config.text_encoder not in ("tfidf", "clip") and not Path(config.text_encoder).exists():

@@ -125,70 +125,103 @@ class CodeVocabulary:
 
 
 class Seq2SeqSamples(torch.utils.data.Dataset):
-    """(input ids, label ids) pairs, padded per batch by :meth:`collate`; ``tasks[i]`` names pair ``i``'s task."""
+    """The seed's training pairs, built when read: row ``i`` of :attr:`rows` is ``(task, source, position)``,
+    a training sequence and the position of its target for a sequence task, a catalogue item (and
+    -1) for a translation task. :meth:`batches` picks which of them an epoch trains on."""
 
-    def __init__(self, pairs: list[tuple[list[int], list[int]]], pad: int, tasks: list[str] | None = None):
-        self.pairs, self.pad = pairs, pad
-        self.tasks = tasks if tasks is not None else [""] * len(pairs)
+    def __init__(self, vocabulary: CodeVocabulary, tasks: Sequence[str], sequences: Sequence[np.ndarray],
+                 items: np.ndarray, max_his_len: int):  # fmt: skip
+        self.vocabulary, self.max_his_len, self.pad = vocabulary, max_his_len, vocabulary.pad
+        self.task_names = tuple(tasks)
+        self.sequences = [np.asarray(s, np.int64) for s in sequences]
+        blocks = []
+        for t, task in enumerate(self.task_names):
+            if task in ("item2image", "image2item"):
+                items = np.asarray(items, np.int64)
+                blocks.append(np.stack([np.full(len(items), t), items, np.full(len(items), -1)], 1))
+                continue
+            for s, sequence in enumerate(self.sequences):
+                positions = np.arange(1, len(sequence))
+                blocks.append(np.stack([np.full(len(positions), t), np.full(len(positions), s), positions], 1))
+        self.rows = np.concatenate(blocks).astype(np.int64) if blocks else np.zeros((0, 3), np.int64)
+        self.tasks = [self.task_names[t] for t in self.rows[:, 0]]
 
-    def batches(self, batch_size: int, seed: int) -> "TaskBatches":
-        return TaskBatches(self.tasks, batch_size, seed)
+    def batches(self, batch_size: int, positions_per_sequence: int, recent: bool, seed: int) -> "TaskBatches":
+        """Batches of one task each; every epoch trains each sequence task on ``positions_per_sequence``
+        positions of every sequence, its most recent (``recent``) or drawn anew each epoch."""
+        owners = np.where(self.rows[:, 2] >= 0, self.rows[:, 1], -1)
+        return TaskBatches(self.tasks, batch_size, seed, owners=owners, per_owner=positions_per_sequence,
+                           priority=self.rows[:, 2] if recent else None)  # fmt: skip
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[list[int], list[int]]:
-        return self.pairs[index]
+        t, source, position = self.rows[index].tolist()
+        task, vocabulary = self.task_names[t], self.vocabulary
+        if position < 0:
+            origin, target = ("text", "image") if task == "item2image" else ("image", "text")
+            return [vocabulary.prompts[task], *vocabulary.codes[origin][source].tolist(), vocabulary.eos], \
+                vocabulary.target(target, source)  # fmt: skip
+        sequence = self.sequences[source]
+        output = "image" if task == "seqimage" else "text"
+        return vocabulary.history_input(task, sequence[:position], self.max_his_len), \
+            vocabulary.target(output, int(sequence[position]))  # fmt: skip
 
     def collate(self, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs, labels = zip(*rows)
         return (*_pad_right(inputs, self.pad), _pad_right(labels, -100)[0])
-
-    @classmethod
-    def build(cls, vocabulary: CodeVocabulary, tasks: Sequence[str], sequences: Sequence[np.ndarray],
-              items: np.ndarray, max_his_len: int, positions_per_user: int) -> "Seq2SeqSamples":  # fmt: skip
-        """Every task's pairs: sequence tasks at each sequence's last ``positions_per_user`` positions, the
-        translation tasks once per catalogue item (``items``)."""
-        pairs: list[tuple[list[int], list[int]]] = []
-        names: list[str] = []
-        for task in tasks:
-            start = len(pairs)
-            if task in ("item2image", "image2item"):
-                source, target = ("text", "image") if task == "item2image" else ("image", "text")
-                for item in items:
-                    pairs.append(([vocabulary.prompts[task], *vocabulary.codes[source][item].tolist(), vocabulary.eos],
-                                  vocabulary.target(target, int(item))))  # fmt: skip
-                names += [task] * (len(pairs) - start)
-                continue
-            output = "image" if task == "seqimage" else "text"
-            for sequence in sequences:
-                sequence = np.asarray(sequence, np.int64)
-                for position in range(max(1, len(sequence) - positions_per_user), len(sequence)):
-                    pairs.append((vocabulary.history_input(task, sequence[:position], max_his_len),
-                                  vocabulary.target(output, int(sequence[position]))))  # fmt: skip
-            names += [task] * (len(pairs) - start)
-        return cls(pairs, vocabulary.pad, names)
 
 
 class TaskBatches(torch.utils.data.Sampler):
     """Shuffled batches of one task each: a translation pair (a few tokens) never waits padded to a
     history (up to ``1 + max_his_len x L`` tokens), and a fusion history never pads a plain one.
 
-    Every epoch shuffles each task's pairs, cuts them into batches and shuffles the batches of all
-    tasks together, from a seeded generator: the same seed gives the same batches.
+    With ``owners`` (row ``i``'s sequence, -1 for a row always trained on), every epoch keeps
+    ``per_owner`` rows of each owner and task: those of highest ``priority``, or a fresh random draw
+    without one. Every epoch shuffles each task's kept rows, cuts them into batches and shuffles
+    the batches of all tasks together, from a seeded generator: the same seed gives the same batches.
     """
 
-    def __init__(self, tasks: Sequence[str], batch_size: int, seed: int):
-        self.groups = [np.flatnonzero(np.asarray(tasks) == task) for task in dict.fromkeys(tasks)]
+    def __init__(self, tasks: Sequence[str], batch_size: int, seed: int, owners: np.ndarray | None = None,
+                 per_owner: int = 0, priority: np.ndarray | None = None):  # fmt: skip
+        tasks = np.asarray(tasks)
+        self.groups = [np.flatnonzero(tasks == task) for task in dict.fromkeys(tasks.tolist())]
+        self.owners = np.full(len(tasks), -1) if owners is None else np.asarray(owners)
+        self.per_owner, self.priority = per_owner, priority
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
+        self._sizes = [self._size(group) for group in self.groups]  # the same every epoch
+
+    def _size(self, group: np.ndarray) -> int:
+        owners = self.owners[group]
+        if not self.per_owner:
+            return len(group)
+        _, counts = np.unique(owners[owners >= 0], return_counts=True)
+        return int(np.minimum(counts, self.per_owner).sum() + (owners < 0).sum())
+
+    def _epoch_rows(self, group: np.ndarray) -> np.ndarray:
+        owners = self.owners[group]
+        if not self.per_owner:
+            return group
+        key = self.priority[group] if self.priority is not None else self.rng.random(len(group))
+        order = np.lexsort((-key, owners))  # by owner, then best key first
+        sorted_owners = owners[order]
+        first = np.r_[0, np.flatnonzero(np.diff(sorted_owners)) + 1]
+        rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+        return np.sort(group[order[(rank < self.per_owner) | (sorted_owners < 0)]])
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return int(sum(self._sizes))
 
     def __len__(self) -> int:
-        return sum(-(-len(group) // self.batch_size) for group in self.groups)
+        return sum(-(-size // self.batch_size) for size in self._sizes)
 
     def __iter__(self):
         batches = [order[i : i + self.batch_size].tolist() for group in self.groups
-                   for order in [self.rng.permutation(group)] for i in range(0, len(order), self.batch_size)]  # fmt: skip
+                   for order in [self.rng.permutation(self._epoch_rows(group))]
+                   for i in range(0, len(order), self.batch_size)]  # fmt: skip
         for index in self.rng.permutation(len(batches)):
             yield batches[index]
 

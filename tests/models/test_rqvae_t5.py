@@ -86,6 +86,7 @@ def test_supplied_embeddings_are_used_and_a_wrong_row_count_is_a_one_line_error(
     ({"tasks": ["item2image", "image2item"]}, "sequence task"),
     ({"d_model": 30, "num_heads": 4}, "model.d_model"),
     ({"alpha": 1.5}, "model.alpha"),
+    ({"positions": "latest"}, "model.positions"),
     ({"rqvae": {"sk_epsilons": [0.0]}}, "model.rqvae.sk_epsilons"),
     ({"text_encoder": "no/such/dir"}, "model.text_encoder"),
 ])  # fmt: skip
@@ -142,6 +143,31 @@ def test_task_batches_hold_one_task_each_cover_every_pair_once_and_repeat_with_t
     assert all(len({tasks[i] for i in batch}) == 1 for batch in batches)
     assert sorted(i for batch in batches for i in batch) == list(range(len(tasks)))
     assert batches == list(TaskBatches(tasks, batch_size=4, seed=0)) and batches != list(sampler)  # next epoch differs
+
+
+def test_each_epoch_trains_on_a_fixed_number_of_positions_per_sequence_drawn_anew_or_the_most_recent():
+    from models.rqvae_t5.seq2seq import CodeVocabulary, Seq2SeqSamples
+
+    codes = np.arange(2, 2 + 3 * 9).reshape(9, 3)  # item i + 1: three distinct tokens
+    vocabulary = CodeVocabulary({"text": np.vstack([[0, 0, 0], codes])}, {"seqrec": 29, "item2image": 30}, eos=1, pad=0)
+    sequences = [np.array([1, 2, 3, 4, 5, 6, 7]), np.array([8, 9]), np.array([3, 1, 4, 1, 5])]
+    samples = Seq2SeqSamples(vocabulary, ["seqrec"], sequences, np.arange(1, 10), max_his_len=3)
+    assert len(samples) == 6 + 1 + 4  # every position after the first of every sequence
+    assert samples[0] == ([29, *codes[0], 1], [*codes[1], 1])  # history [1] → item 2
+    assert samples[5] == ([29, *codes[3:6].ravel(), 1], [*codes[6], 1])  # the last 3 items of the history
+
+    def epoch(sampler):
+        return sorted((int(samples.rows[i, 1]), int(samples.rows[i, 2])) for batch in sampler for i in batch)
+
+    recent = samples.batches(batch_size=4, positions_per_sequence=2, recent=True, seed=0)
+    assert recent.rows_per_epoch == 2 + 1 + 2 and len(recent) == 2
+    assert epoch(recent) == [(0, 5), (0, 6), (1, 1), (2, 3), (2, 4)] == epoch(recent)
+    drawn = samples.batches(batch_size=4, positions_per_sequence=2, recent=False, seed=0)
+    epochs = [epoch(drawn) for _ in range(6)]
+    assert all(len(e) == 5 and sum(s == 0 for s, _ in e) == 2 and (1, 1) in e for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1  # a new draw each epoch
+    again = samples.batches(batch_size=4, positions_per_sequence=2, recent=False, seed=0)
+    assert [epoch(again) for _ in range(6)] == epochs  # the same seed, the same draws
 
 
 @pytest.mark.filterwarnings("ignore:Beauty")  # the generator's items without meta or image, reported
