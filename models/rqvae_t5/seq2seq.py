@@ -134,10 +134,9 @@ class Seq2SeqSamples(torch.utils.data.Dataset):
         self.vocabulary, self.max_his_len, self.pad = vocabulary, max_his_len, vocabulary.pad
         self.task_names = tuple(tasks)
         self.sequences = [np.asarray(s, np.int64) for s in sequences]
-        blocks = []
+        items, blocks = np.asarray(items, np.int64), []
         for t, task in enumerate(self.task_names):
             if task in ("item2image", "image2item"):
-                items = np.asarray(items, np.int64)
                 blocks.append(np.stack([np.full(len(items), t), items, np.full(len(items), -1)], 1))
                 continue
             for s, sequence in enumerate(self.sequences):
@@ -191,25 +190,24 @@ class TaskBatches(torch.utils.data.Sampler):
         self.per_owner, self.priority = per_owner, priority
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
-        self._sizes = [self._size(group) for group in self.groups]  # the same every epoch
+        # an epoch keeps as many rows of each group whatever its keys: count them once
+        self._sizes = [len(self._keep(group, np.zeros(len(group)))) for group in self.groups]
 
-    def _size(self, group: np.ndarray) -> int:
+    def _keep(self, group: np.ndarray, key: np.ndarray) -> np.ndarray:
+        """``group``'s rows an epoch trains on: every row without an owner, and each owner's
+        ``per_owner`` rows of highest ``key``."""
         owners = self.owners[group]
-        if not self.per_owner:
-            return len(group)
-        _, counts = np.unique(owners[owners >= 0], return_counts=True)
-        return int(np.minimum(counts, self.per_owner).sum() + (owners < 0).sum())
-
-    def _epoch_rows(self, group: np.ndarray) -> np.ndarray:
-        owners = self.owners[group]
-        if not self.per_owner:
+        if not self.per_owner or (owners < 0).all():
             return group
-        key = self.priority[group] if self.priority is not None else self.rng.random(len(group))
-        order = np.lexsort((-key, owners))  # by owner, then best key first
+        order = np.lexsort((-key, owners))  # by owner, then highest key first
         sorted_owners = owners[order]
         first = np.r_[0, np.flatnonzero(np.diff(sorted_owners)) + 1]
         rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
         return np.sort(group[order[(rank < self.per_owner) | (sorted_owners < 0)]])
+
+    def _epoch_rows(self, group: np.ndarray) -> np.ndarray:
+        key = self.priority[group] if self.priority is not None else self.rng.random(len(group))
+        return self._keep(group, key)
 
     @property
     def rows_per_epoch(self) -> int:
