@@ -3,8 +3,8 @@
 Stages, each cached on disk under the run's cache directory, keyed by everything it depends on,
 and shared by the folds (none of the first three sees a fold's targets):
 
-1. **item embeddings** per modality of ``modalities``: ``text`` from each item's title and
-   description (``text_encoder``: ``tfidf``, a TF-IDF + truncated-SVD embedding that needs no
+1. **item embeddings** per modality of ``modalities``: ``text`` from each item's title,
+   genres and description (``text_encoder``: ``tfidf``, a TF-IDF + truncated-SVD embedding that needs no
    weights; a transformers encoder directory such as all-MiniLM-L6-v2; or ``clip``, open_clip's
    text tower), ``image`` from frozen open_clip features of the item's image (posters for
    MovieLens); or a supplied ``.npy`` (``text_embeddings`` / ``image_embeddings``: one row per
@@ -67,6 +67,7 @@ from models.rqvae_t5.trie import CodeTrie, SuccessorTable
 __all__ = ["RQVAET5Config", "RQVAET5", "rqvae_t5", "search_space", "item_embeddings", "semantic_ids"]
 
 MODALITIES = ("text", "image")
+TEXT_FIELDS = "title+genres+description"  # what an item's text holds, part of its embedding's cache key
 INDEX_FILES = {"text": "index_lemb", "image": "index_vitemb"}  # MQL4GRec's names
 DECODE_TASKS = {"text": ("seqrec", "fusionseqrec"), "image": ("seqimage",)}  # the lists decoded, by preference
 
@@ -88,6 +89,7 @@ class RQVAET5Config:
     num_layers: int = 2  # encoder and decoder blocks each
     num_heads: int = 4
     dropout: float = 0.1
+    scale_decoder_output: bool = False  # the original T5's d_model ** -0.5 before the (shared) output layer
     # the seed's task mix; None: seqrec, seqimage, item2image, image2item as the modalities allow
     # (fusionseqrec, whose inputs are twice as long, one value away: model.tasks=[seqrec,fusionseqrec,...])
     tasks: list | None = None
@@ -118,14 +120,15 @@ def item_embeddings(dataset: Dataset, modality: str, config: RQVAET5Config, ctx:
         return features[1:].float().numpy()
     texts = _item_texts(dataset, n_items)
     if config.text_encoder == "tfidf":
-        key = {"encoder": "tfidf-svd", "dim": config.text_dim, "data": dataset.fingerprint, "rows": "item_id"}
+        key = {"encoder": "tfidf-svd", "dim": config.text_dim, "data": dataset.fingerprint, "rows": "item_id",
+               "text": TEXT_FIELDS}
         return cache.get_or_compute("tfidf-items", key, lambda: _tfidf(texts, config.text_dim)).numpy()
     if config.text_encoder == "clip":
         torch.manual_seed(config.init_seed)
         bundle = load_clip(config.clip_model, config.pretrained, log=ctx.log)
         model = bundle.model.to(ctx.device).eval()
         key = {"clip": bundle.name, "pretrained": bundle.pretrained, "weights": weights_fingerprint(model),
-               "data": dataset.fingerprint, "rows": "item_id", "text": "title+description"}  # fmt: skip
+               "data": dataset.fingerprint, "rows": "item_id", "text": TEXT_FIELDS}  # fmt: skip
         return cache.get_or_compute("clip-item-text", key, lambda: encode(
             model.encode_text, tokenize(texts, bundle.tokenizer), 256, ctx.device, "encoding item texts", False,
         )).float().numpy()  # fmt: skip
@@ -136,11 +139,19 @@ def item_embeddings(dataset: Dataset, modality: str, config: RQVAET5Config, ctx:
 
 
 def _item_texts(dataset: Dataset, n_items: int) -> list[str]:
-    """Title and description of items ``1 .. n_items - 1``, in id order."""
+    """Title, genres and description of items ``1 .. n_items - 1``, in id order.
+
+    The genres (MovieLens genres, Amazon sub-categories) are part of the text as in TIGER's item
+    prompts: without them the first code level groups the MovieLens items by genre with an NMI of
+    0.56 (k-means on the TF-IDF features, 32 clusters), with them 0.69.
+    """
     items = dataset.meta["items"].set_index("item_id")
-    titles = items["title"].reindex(range(1, n_items)).fillna("").astype(str)
-    descriptions = items.get("description", pd.Series(dtype=str)).reindex(range(1, n_items)).fillna("").astype(str)
-    return [f"{t}. {d}".strip(". ") for t, d in zip(titles, descriptions)]
+
+    def column(name: str) -> pd.Series:
+        return items.get(name, pd.Series(dtype=str)).reindex(range(1, n_items)).fillna("").astype(str)
+
+    genres = column("genres").str.replace("|", ", ", regex=False)
+    return [". ".join(p for p in parts if p) for parts in zip(column("title"), genres, column("description"))]
 
 
 def _tfidf(texts: list[str], dim: int) -> torch.Tensor:
@@ -246,7 +257,8 @@ class RQVAET5(ListRecommender):
         self.automata = {m: Automaton.from_transitions(*trie.transitions()) for m, trie in self.tries.items()}
         self.model = T5Recommender(build_t5(tokenizer, d_model=config.d_model, d_ff=config.d_ff,
                                             num_layers=config.num_layers, num_heads=config.num_heads,
-                                            dropout=config.dropout, pretrained=config.t5_pretrained, seed=ctx.seed))  # fmt: skip
+                                            dropout=config.dropout, scale_decoder_output=config.scale_decoder_output,
+                                            pretrained=config.t5_pretrained, seed=ctx.seed))  # fmt: skip
         samples = Seq2SeqSamples(self.vocabulary, self.tasks, training_sequences(train, valid).tolist(),
                                  np.arange(1, self.n_items), config.max_his_len)  # fmt: skip
         batches = samples.batches(ctx.train_config.batch_size, config.positions_per_user,

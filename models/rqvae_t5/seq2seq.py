@@ -77,8 +77,15 @@ def _from_pretrained(cls, path: str, what: str):
 
 
 def build_t5(tokenizer, *, d_model: int, d_ff: int, num_layers: int, num_heads: int, dropout: float,
-             pretrained: str | None = None, seed: int = 0) -> nn.Module:  # fmt: skip
-    """``T5ForConditionalGeneration`` from a config (seeded init), or from a pretrained directory, sized to the vocabulary."""
+             scale_decoder_output: bool = False, pretrained: str | None = None, seed: int = 0) -> nn.Module:  # fmt: skip
+    """``T5ForConditionalGeneration`` from a config (seeded init), or from a pretrained directory, sized to the vocabulary.
+
+    ``scale_decoder_output`` multiplies the decoder's last state by ``d_model ** -0.5`` before the
+    output layer, which shares its weights with the code embeddings (the original T5). With the
+    scale, on the embedded MovieLens data, the model stays below a count model of its own codes;
+    without it, it reaches it (README). It is passed as ``tie_word_embeddings``, which transformers
+    5 reads as this scale alone (the weights stay shared); transformers 4 also unties the weights.
+    """
     from transformers import T5Config, T5ForConditionalGeneration
 
     if pretrained:
@@ -88,7 +95,7 @@ def build_t5(tokenizer, *, d_model: int, d_ff: int, num_layers: int, num_heads: 
     config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
                       num_layers=num_layers, num_decoder_layers=num_layers, num_heads=num_heads,
                       dropout_rate=dropout, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                      decoder_start_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)  # fmt: skip
+                      decoder_start_token_id=tokenizer.pad_token_id, tie_word_embeddings=scale_decoder_output)  # fmt: skip
     torch.manual_seed(seed)
     return T5ForConditionalGeneration(config)
 

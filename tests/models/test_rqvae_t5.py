@@ -170,6 +170,19 @@ def test_each_epoch_trains_on_a_fixed_number_of_positions_per_sequence_drawn_ane
     assert [epoch(again) for _ in range(6)] == epochs  # the same seed, the same draws
 
 
+def test_item_texts_hold_title_genres_and_description_and_the_decoder_output_is_unscaled_unless_asked(rec_dataset):
+    from models.rqvae_t5.family import _item_texts
+    from models.rqvae_t5.seq2seq import build_t5, build_tokenizer
+
+    texts = _item_texts(rec_dataset, int(rec_dataset.meta["n_items"]))
+    assert texts[0] == "Movie 1. Drama. a story number 1" and texts[1] == "Movie 2. Comedy. a story number 2"
+    tokenizer = build_tokenizer(["<a_0>", "<a_1>"])
+    sizes = {"d_model": 8, "d_ff": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.0}
+    plain, scaled = build_t5(tokenizer, **sizes), build_t5(tokenizer, **sizes, scale_decoder_output=True)
+    inputs = {"input_ids": torch.tensor([[5, 6, 1]]), "decoder_input_ids": torch.tensor([[0, 5]])}
+    torch.testing.assert_close(plain.eval()(**inputs).logits, scaled.eval()(**inputs).logits * 8**0.5)
+
+
 @pytest.mark.filterwarnings("ignore:Beauty")  # the generator's items without meta or image, reported
 def test_an_mql4grec_embedding_file_is_read_in_its_own_item_index_order(tmp_path):
     from harness.data.amazon import generate_amazon, read_amazon, read_mql4grec, write_mql4grec
