@@ -7,6 +7,12 @@ identities through the family's own ``fit`` (P x K batches, the training loop) a
 weight of every scale's expert is read off its routing report on the held-out identities. If the
 gate followed the identity, each row's largest weight would sit in its own scale's column.
 
+To tell a gate that ignores the identity from scales that do not carry it, the same trained
+network is also scored with each expert alone (the gate's router masked to that one expert, so
+its weight is exactly 1): held-out mAP per expert, next to the mAP of random embeddings on the
+same query / gallery (chance). The scale whose expert scores best alone is where this network
+reads the identity; a gate that follows it has its largest weight there.
+
     python bench/bench_gate_scales.py                       # 150 + 60 identities, 20 epochs
     python bench/bench_gate_scales.py --epochs 40 --ids 300
     python bench/bench_gate_scales.py model.temperature=0.5 model.balance_weight=0
@@ -19,13 +25,46 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from harness.config import TrainConfig, parse_overrides
 from harness.data.reid import CUE_SCALES, generate_reid, read_market1501
 from harness.metrics import get_metric
 from harness.registry import FitContext, create_model
+from harness.tasks.reid import TASK, ReIDEmbeddings
 
 SCALE_OF_CUES = {"fine": "4px", "mid": "8px", "coarse": "16px"}
+
+
+class OneExpert(nn.Module):
+    """The trained gate with its router masked to one expert: that expert's weight is exactly 1."""
+
+    def __init__(self, gate: nn.Module, expert: int):
+        super().__init__()
+        self.gate, self.allowed = gate, torch.arange(gate.n_experts) == expert
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        return self.gate(x, mask=self.allowed if mask is None else mask & self.allowed)
+
+
+def alone_maps(family, valid) -> dict[str, float]:
+    """Held-out mAP of the trained network with each scale's expert alone."""
+    network, gate, maps = family.network, family.network.gate, {}
+    try:
+        for e, scale in enumerate(network.scales):
+            network.gate = OneExpert(gate, e)
+            maps[f"{scale}px"] = TASK.metrics(valid, family.predict(valid))["map"]
+    finally:
+        network.gate = gate
+    return maps
+
+
+def chance_map(valid, dim: int, seed: int, draws: int = 10) -> float:
+    """Mean held-out mAP of random embeddings (the level an expert that reads nothing scores)."""
+    rng, space = np.random.default_rng(seed), np.zeros(len(valid))
+    return float(np.mean([TASK.metrics(valid, ReIDEmbeddings(rng.standard_normal((len(valid), dim)), space))["map"]
+                          for _ in range(draws)]))  # fmt: skip
 
 
 def measure(cues: str, args, params: dict, root: Path) -> dict[str, float]:
@@ -41,9 +80,11 @@ def measure(cues: str, args, params: dict, root: Path) -> dict[str, float]:
     ctx = FitContext(dataset, get_metric("map"), config, "cpu", args.seed, 0, root / f"{cues}-fold",
                      root / "cache", lambda logs, step: None, log=lambda message: None)  # fmt: skip
     family.fit(train, valid, ctx)
-    report = family.explain()
-    return {scale: report[f"scale_weights/rgb/{scale}"] for scale in SCALE_OF_CUES.values()} | {
-        "map": family.train_result.best_score}
+    report, alone = family.explain(), alone_maps(family, valid)
+    return {"weights": [report[f"scale_weights/rgb/{scale}"] for scale in SCALE_OF_CUES.values()],
+            "alone": [alone[scale] for scale in SCALE_OF_CUES.values()],
+            "map": family.train_result.best_score,
+            "chance": chance_map(valid, family.config.embed_dim, args.seed)}  # fmt: skip
 
 
 def main() -> None:
@@ -57,14 +98,18 @@ def main() -> None:
     params = parse_overrides(args.overrides).get("model", {})
     print(f"multiscale_moe_reid, {args.ids} training / {args.valid_ids} held-out identities, {args.epochs} epochs, "
           f"seed {args.seed}, settings {params or 'defaults'}")  # fmt: skip
-    print(f"{'identity at':<12} {'4px':>6} {'8px':>6} {'16px':>6} {'mAP':>6}  largest weight on its scale?")
+    scales = list(SCALE_OF_CUES.values())
+    print(f"{'':<12} {'mean gate weight':>20}  {'mAP, expert alone':>20}  {'mAP':>6} {'mAP':>6}  largest gate weight")
+    print(f"{'identity at':<12} {'4px':>6} {'8px':>6} {'16px':>6}  {'4px':>6} {'8px':>6} {'16px':>6}  {'gate':>6} "
+          f"{'chance':>6}  on its scale? on the best alone?")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for cues in CUE_SCALES:
             row = measure(cues, args, params, Path(tmp))
-            weights = [row[s] for s in SCALE_OF_CUES.values()]
-            hit = list(SCALE_OF_CUES.values())[int(np.argmax(weights))] == SCALE_OF_CUES[cues]
-            print(f"{cues:<12} {weights[0]:6.3f} {weights[1]:6.3f} {weights[2]:6.3f} {row['map']:6.3f}  "
-                  f"{'yes' if hit else 'no'}")  # fmt: skip
+            largest = scales[int(np.argmax(row["weights"]))]
+            print(f"{cues:<12} " + " ".join(f"{w:6.3f}" for w in row["weights"]) + "  "
+                  + " ".join(f"{m:6.3f}" for m in row["alone"]) + f"  {row['map']:6.3f} {row['chance']:6.3f}  "
+                  f"{'yes' if largest == SCALE_OF_CUES[cues] else 'no':<13} "
+                  f"{'yes' if largest == scales[int(np.argmax(row['alone']))] else 'no'}")  # fmt: skip
 
 
 if __name__ == "__main__":
