@@ -2,10 +2,11 @@
 
 For each of ``fine``, ``mid`` and ``coarse``, the embedded generator writes a Market-layout set
 whose identities live at that scale only (``generate_reid(cue_scales=(scale,))``: the other
-scales are drawn afresh for every image); ``multiscale_moe_reid`` trains on its training
-identities through the family's own ``fit`` (P x K batches, the training loop) and the mean gate
-weight of every scale's expert is read off its routing report on the held-out identities. If the
-gate followed the identity, each row's largest weight would sit in its own scale's column.
+scales are drawn afresh for every image), and ``all`` one where they live at every scale, as in
+the default data; ``multiscale_moe_reid`` trains on its training identities through the family's
+own ``fit`` (P x K batches, the training loop) and the mean gate weight of every scale's expert
+is read off its routing report on the held-out identities. If the gate followed the identity,
+each row's largest weight would sit in its own scale's column.
 
 To tell a gate that ignores the identity from scales that do not carry it, the same trained
 network is also scored with each expert alone (the gate's router masked to that one expert, so
@@ -14,7 +15,7 @@ same query / gallery (chance). The scale whose expert scores best alone is where
 reads the identity; a gate that follows it has its largest weight there.
 
     python bench/bench_gate_scales.py                       # 150 + 60 identities, 20 epochs
-    python bench/bench_gate_scales.py --epochs 40 --ids 300
+    python bench/bench_gate_scales.py --epochs 40 --ids 300 --cues fine
     python bench/bench_gate_scales.py model.temperature=0.5 model.balance_weight=0
 """
 
@@ -70,7 +71,7 @@ def chance_map(valid, dim: int, seed: int, draws: int = 10) -> float:
 def measure(cues: str, args, params: dict, root: Path) -> dict[str, float]:
     data = root / cues
     generate_reid(data, n_train_ids=args.ids, n_test_ids=args.valid_ids, n_distractors=0, n_junk=0,
-                  cue_scales=(cues,), seed=args.seed)  # fmt: skip
+                  cue_scales=CUE_SCALES if cues == "all" else (cues,), seed=args.seed)  # fmt: skip
     dataset = read_market1501(data)
     # the dataset's own test identities are the held-out ones: query / gallery as the generator split them
     train, valid = dataset.train, dataset.test
@@ -93,6 +94,8 @@ def main() -> None:
     parser.add_argument("--valid-ids", type=int, default=60, help="held-out identities (default 60)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cues", nargs="+", choices=(*CUE_SCALES, "all"), default=[*CUE_SCALES, "all"],
+                        help="where the identity lives, one row each (all: every scale, as in the default data)")
     parser.add_argument("overrides", nargs="*", help="model.key=value settings of multiscale_moe_reid")
     args = parser.parse_args()
     params = parse_overrides(args.overrides).get("model", {})
@@ -103,12 +106,12 @@ def main() -> None:
     print(f"{'identity at':<12} {'4px':>6} {'8px':>6} {'16px':>6}  {'4px':>6} {'8px':>6} {'16px':>6}  {'gate':>6} "
           f"{'chance':>6}  on its scale? on the best alone?")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        for cues in CUE_SCALES:
+        for cues in args.cues:
             row = measure(cues, args, params, Path(tmp))
             largest = scales[int(np.argmax(row["weights"]))]
             print(f"{cues:<12} " + " ".join(f"{w:6.3f}" for w in row["weights"]) + "  "
                   + " ".join(f"{m:6.3f}" for m in row["alone"]) + f"  {row['map']:6.3f} {row['chance']:6.3f}  "
-                  f"{'yes' if largest == SCALE_OF_CUES[cues] else 'no':<13} "
+                  f"{'-' if cues == 'all' else 'yes' if largest == SCALE_OF_CUES[cues] else 'no':<13} "
                   f"{'yes' if largest == scales[int(np.argmax(row['alone']))] else 'no'}")  # fmt: skip
 
 
