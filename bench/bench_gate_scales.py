@@ -68,7 +68,7 @@ def chance_map(valid, dim: int, seed: int, draws: int = 10) -> float:
                           for _ in range(draws)]))  # fmt: skip
 
 
-def measure(cues: str, args, params: dict, root: Path) -> dict[str, float]:
+def measure(cues: str, args, params: dict, root: Path) -> dict:
     data = root / cues
     generate_reid(data, n_train_ids=args.ids, n_test_ids=args.valid_ids, n_distractors=0, n_junk=0,
                   cue_scales=CUE_SCALES if cues == "all" else (cues,), seed=args.seed)  # fmt: skip
